@@ -1,0 +1,56 @@
+#include "policy/close.hpp"
+
+#include <algorithm>
+
+namespace tcpfix::policy {
+
+std::int64_t ack_wait_budget_ns(std::uint32_t srtt_us) {
+    constexpr std::int64_t kSlackNs = 2'000'000;
+    constexpr std::int64_t kCapNs = 20'000'000;
+    return std::min<std::int64_t>(2 * static_cast<std::int64_t>(srtt_us) * 1000 + kSlackNs, kCapNs);
+}
+
+CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const SocketProbe* probe,
+                           std::int64_t waited_ns) {
+    if (mode == CloseMode::Keep) return {CloseAction::Passthrough, "policy keep"};
+    if (!book.connect_called) return {CloseAction::Passthrough, "not a connection of this process"};
+    if (!book.matched) return {CloseAction::Passthrough, "destination not matched"};
+    if (mode == CloseMode::RstAlways) return {CloseAction::Rst, "rst-always"};
+
+    // rst: the safe one.
+    if (!book.last_reference) return {CloseAction::Passthrough, "another descriptor still refers to it"};
+    if (book.app_set_linger) return {CloseAction::Passthrough, "the application set SO_LINGER itself"};
+    if (book.maybe_shared)
+        return {CloseAction::GracefulShared, "inherited across fork: another process may use it"};
+    if (probe == nullptr) return {CloseAction::Probe, "need the socket's state"};
+
+    std::uint32_t unacked_data = probe->unacked_bytes;
+    switch (probe->state) {
+        case TcpState::Established:
+            break;
+        case TcpState::FinWait1:
+            // Half-closed by the application; SIOCOUTQ counts the FIN's sequence number.
+            if (unacked_data > 0) --unacked_data;
+            break;
+        case TcpState::FinWait2:
+            break;
+        case TcpState::CloseWait:
+        case TcpState::LastAck:
+            return {CloseAction::Passthrough, "peer closed first: no TIME_WAIT to avoid"};
+        case TcpState::Closing:
+        case TcpState::TimeWait:
+        case TcpState::Close:
+            return {CloseAction::Passthrough, "peer's FIN already in: TIME_WAIT cannot be avoided"};
+        default:
+            return {CloseAction::Passthrough, "not an established connection"};
+    }
+    if (probe->unsent_bytes > 0) return {CloseAction::GracefulUnsent, "data not yet sent"};
+    if (unacked_data > 0) {
+        if (waited_ns < ack_wait_budget_ns(probe->srtt_us))
+            return {CloseAction::WaitForAck, "data in flight: waiting for its ACK"};
+        return {CloseAction::GracefulUnsent, "data still unacknowledged after the wait"};
+    }
+    return {CloseAction::Rst, "active close, every byte acknowledged"};
+}
+
+}  // namespace tcpfix::policy

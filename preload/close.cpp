@@ -1,0 +1,181 @@
+// close(), close_range(), closefrom(): apply TCPFIX_CLOSE to a tracked socket
+// while its descriptor is still ours, then close. A descriptor that is not a
+// tracked socket costs one table lookup. Nothing here allocates or locks.
+#include <linux/close_range.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+
+#include <algorithm>
+
+#include "policy/close.hpp"
+#include "preload/fdtable.hpp"
+#include "preload/hooks.hpp"
+#include "preload/log.hpp"
+#include "preload/real.hpp"
+#include "preload/runtime.hpp"
+#include "preload/stats_file.hpp"
+
+namespace tcpfix::hooks {
+namespace {
+
+using policy::CloseAction;
+
+// Reads the kernel's view of the socket; false if it is no TCP socket (a
+// stale entry: the number was reused behind tcpfix's back).
+bool probe_socket(int fd, policy::SocketProbe& probe) {
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (real::getsockopt.get()(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+    int unacked = 0, unsent = 0;
+    if (ioctl(fd, SIOCOUTQ, &unacked) != 0 || ioctl(fd, SIOCOUTQNSD, &unsent) != 0) return false;
+    probe.state = static_cast<policy::TcpState>(info.tcpi_state);
+    probe.srtt_us = info.tcpi_rtt;
+    probe.unacked_bytes = static_cast<std::uint32_t>(std::max(unacked, 0));
+    probe.unsent_bytes = static_cast<std::uint32_t>(std::max(unsent, 0));
+    return true;
+}
+
+void sleep_ns(std::int64_t ns) {
+    timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    nanosleep(&ts, nullptr);  // a signal cuts it short; the caller re-measures
+}
+
+// Closes a descriptor taken out of the table.
+int close_taken(int fd, std::uint32_t index) {
+    if (index == fdtable::kOwned) {
+        log::forget_fd(fd);
+    } else if (index != 0) {
+        apply_close_policy(fd, index);
+        fdtable::release(index);
+        stats_file::maybe_refresh();
+    }
+    return runtime::call_errno(real::close.get(), fd);
+}
+
+}  // namespace
+
+void apply_close_policy(int fd, std::uint32_t index) {
+    const policy::Config& config = runtime::config();
+    auto& counters = runtime::counters();
+    fdtable::Slot& s = fdtable::slot(index);
+    std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    policy::bump(counters.closes);
+    if (config.close == policy::CloseMode::Keep) return;
+
+    runtime::ErrnoGuard keep_errno;
+    policy::SocketBookkeeping book;
+    book.connect_called = (flags & fdtable::kConnectCalled) != 0;
+    book.matched = (flags & fdtable::kMatched) != 0;
+    book.last_reference = s.refs.load(std::memory_order_acquire) == 1;
+    book.maybe_shared = s.fork_epoch != fdtable::fork_epoch();
+    book.app_set_linger = (flags & fdtable::kAppLinger) != 0;
+
+    policy::SocketProbe probe;
+    bool probed = false;
+    std::int64_t started = 0, waited = 0, step = 20'000;
+    for (;;) {
+        policy::CloseDecision d = policy::decide_close(config.close, book, probed ? &probe : nullptr, waited);
+        switch (d.action) {
+            case CloseAction::Passthrough:
+                if (book.connect_called)
+                    log::at(policy::LogLevel::Debug, "close fd {} to {}: normal close ({})", fd, s.dest, d.reason);
+                return;
+            case CloseAction::Probe:
+                if (!probe_socket(fd, probe)) return;
+                probed = true;
+                started = runtime::now_ns();
+                continue;
+            case CloseAction::WaitForAck: {
+                std::int64_t budget = policy::ack_wait_budget_ns(probe.srtt_us);
+                sleep_ns(std::min(step, std::max<std::int64_t>(budget - waited, 1000)));
+                step = std::min<std::int64_t>(step * 2, 1'000'000);
+                waited = runtime::now_ns() - started;
+                if (!probe_socket(fd, probe)) return;
+                continue;
+            }
+            case CloseAction::Rst: {
+                linger l{1, 0};
+                if (real::setsockopt.get()(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0) return;
+                policy::bump(counters.closes_rst);
+                if (waited > 0) {
+                    policy::bump(counters.closes_rst_after_wait);
+                    policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
+                }
+                log::at(policy::LogLevel::Debug, "close fd {} to {}: RST ({}; waited {} us)", fd, s.dest,
+                        d.reason, waited / 1000);
+                return;
+            }
+            case CloseAction::GracefulUnsent:
+                policy::bump(counters.closes_graceful_unsent);
+                policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
+                log::at(policy::LogLevel::Info,
+                        "close fd {} to {}: graceful, not RST: {} ({} bytes unsent, {} unacknowledged, "
+                        "waited {} us)",
+                        fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                return;
+            case CloseAction::GracefulShared:
+                policy::bump(counters.closes_graceful_shared);
+                log::at(policy::LogLevel::Debug, "close fd {} to {}: graceful, not RST: {}", fd, s.dest,
+                        d.reason);
+                return;
+        }
+    }
+}
+
+// Applies the policy to every tracked descriptor in [first, last] and takes
+// them out of the table, ahead of a close_range()/closefrom().
+void take_range(unsigned first, unsigned last) {
+    fdtable::for_each(first, last, [](int fd, std::uint32_t) {
+        std::uint32_t index = fdtable::take(fd);
+        if (index == fdtable::kOwned) {
+            log::forget_fd(fd);
+        } else if (index != 0) {
+            apply_close_policy(fd, index);
+            fdtable::release(index);
+        }
+    });
+}
+
+int do_close(int fd) { return close_taken(fd, fdtable::take(fd)); }
+
+int do_close_range(unsigned first, unsigned last, int flags) {
+    constexpr int kKnown = CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC;
+    // Invalid arguments fail in the kernel with nothing closed: leave the table alone.
+    if (first <= last && (flags & ~kKnown) == 0 && (flags & CLOSE_RANGE_CLOEXEC) == 0)
+        take_range(first, last);
+    if (auto* fn = real::close_range.get()) return runtime::call_errno(fn, first, last, flags);
+    long r = real::raw_syscall(SYS_close_range, first, last, flags);
+    return static_cast<int>(r);
+}
+
+}  // namespace tcpfix::hooks
+
+using namespace tcpfix;
+
+// Returns 0, or -1 with errno exactly as the real close() set it.
+extern "C" __attribute__((visibility("default"))) int close(int fd) {
+    if (runtime::active() && fdtable::lookup(fd) != 0) return runtime::to_c(hooks::do_close(fd));
+    if (auto* fn = real::close.peek(); __builtin_expect(fn != nullptr, 1)) return fn(fd);
+    if (real::resolving())  // dlsym re-entered us: no libc symbol to call yet
+        return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close, fd)));
+    return real::close.get()(fd);
+}
+
+// Returns 0, or -1 with errno exactly as the real close_range() set it.
+extern "C" __attribute__((visibility("default"))) int close_range(unsigned first, unsigned last, int flags) noexcept {
+    if (!runtime::active()) {
+        if (auto* fn = real::close_range.get()) return fn(first, last, flags);
+        return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close_range, first, last, flags)));
+    }
+    return runtime::to_c(hooks::do_close_range(first, last, flags));
+}
+
+// Closes every descriptor from lowfd up, as glibc's closefrom() does.
+extern "C" __attribute__((visibility("default"))) void closefrom(int lowfd) noexcept {
+    if (runtime::active() && lowfd >= 0) hooks::take_range(static_cast<unsigned>(lowfd), ~0u);
+    if (auto* fn = real::closefrom.get()) return fn(lowfd);
+    (void)real::raw_syscall(SYS_close_range, lowfd, ~0u, 0);
+}

@@ -1,0 +1,126 @@
+// connect(): remember the destination and whether TCPFIX_MATCH selects it;
+// count the outcome. getsockopt(SO_ERROR) completes the count for the
+// non-blocking connects real clients make (php-redis, libmariadb).
+#include <netinet/in.h>
+
+#include "preload/fdtable.hpp"
+#include "preload/hooks.hpp"
+#include "preload/log.hpp"
+#include "preload/real.hpp"
+#include "preload/runtime.hpp"
+#include "preload/stats_file.hpp"
+
+namespace tcpfix::hooks {
+namespace {
+
+using runtime::call_errno;
+
+// The slot of a TCP socket, adopting one tcpfix did not see created (made
+// before the constructor ran, or inherited): SO_PROTOCOL tells TCP apart.
+std::uint32_t slot_for_connect(int fd) {
+    std::uint32_t index = fdtable::lookup(fd);
+    if (index != 0 && index != fdtable::kOwned) return index;
+    if (index == fdtable::kOwned) return 0;
+    int protocol = 0;
+    socklen_t len = sizeof protocol;
+    if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_PROTOCOL, static_cast<void*>(&protocol), &len) != 0 ||
+        protocol != IPPROTO_TCP)
+        return 0;
+    index = fdtable::track_new(fd);
+    if (index != 0) policy::bump(runtime::counters().sockets);
+    return index;
+}
+
+void count_failure(const policy::Endpoint& dest, int err) {
+    runtime::counters().count_connect_error(err);
+    log::at(policy::LogLevel::Debug, "connect to {} failed: {}", dest, policy::errno_name(err));
+}
+
+}  // namespace
+
+int do_connect(int fd, const sockaddr* addr, socklen_t len) {
+    auto dest = policy::endpoint_from_sockaddr(addr, len);
+    std::uint32_t index = dest ? slot_for_connect(fd) : 0;
+    if (index == 0) {
+        if (addr != nullptr && len >= sizeof(sa_family_t) && addr->sa_family == AF_UNSPEC) {
+            // Dissolving the association: the socket is no longer a connection of ours.
+            std::uint32_t i = fdtable::lookup(fd);
+            if (i != 0 && i != fdtable::kOwned)
+                fdtable::slot(i).flags.fetch_and(~(fdtable::kConnectCalled | fdtable::kConnectPending));
+        }
+        return call_errno(real::connect.get(), fd, addr, len);
+    }
+
+    fdtable::Slot& s = fdtable::slot(index);
+    std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    if ((flags & fdtable::kConnectPending) != 0 && s.dest == *dest) {
+        // A non-blocking client asking again how its connect went (EALREADY,
+        // EISCONN): the same attempt, not a new one.
+        int r = call_errno(real::connect.get(), fd, addr, len);
+        if (r != -EALREADY && r != -EINPROGRESS && r != -EINTR)
+            s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
+        if (r < 0 && r != -EALREADY && r != -EINPROGRESS && r != -EINTR && r != -EISCONN)
+            count_failure(*dest, -r);
+        return r;
+    }
+
+    bool matched = runtime::config().match.matches(*dest);
+    s.dest = *dest;
+    s.connect_start_ns = runtime::now_ns();
+    std::uint32_t set = fdtable::kConnectCalled | (matched ? fdtable::kMatched : 0u);
+    s.flags.store((flags & ~(fdtable::kMatched | fdtable::kConnectPending)) | set,
+                  std::memory_order_release);
+    auto& counters = runtime::counters();
+    policy::bump(counters.connects);
+    if (matched) policy::bump(counters.connects_matched);
+
+    int r = call_errno(real::connect.get(), fd, addr, len);
+    if (r == -EINPROGRESS || r == -EINTR) {
+        // EINTR: the handshake goes on in the background, as after EINPROGRESS.
+        s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
+    } else if (r < 0) {
+        count_failure(*dest, -r);
+    } else {
+        log::at(policy::LogLevel::Debug, "connected fd {} to {}{}", fd, *dest,
+                matched ? "" : " (not matched)");
+    }
+    stats_file::maybe_refresh();
+    return r;
+}
+
+int do_getsockopt(int fd, int level, int name, void* value, socklen_t* len) {
+    int r = call_errno(real::getsockopt.get(), fd, level, name, value, len);
+    if (r != 0 || level != SOL_SOCKET || name != SO_ERROR || value == nullptr || len == nullptr ||
+        *len < sizeof(int))
+        return r;
+    std::uint32_t index = fdtable::lookup(fd);
+    if (index == 0 || index == fdtable::kOwned) return r;
+    fdtable::Slot& s = fdtable::slot(index);
+    if ((s.flags.load(std::memory_order_acquire) & fdtable::kConnectPending) == 0) return r;
+    int err = *static_cast<int*>(value);
+    if (err == EINPROGRESS || err == EALREADY) return r;
+    // A pending connect's SO_ERROR is read once: 0 means connected, or still
+    // in progress if the caller asked early. Only a real error is an outcome.
+    if (err != 0) {
+        s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
+        count_failure(s.dest, err);
+    }
+    return r;
+}
+
+}  // namespace tcpfix::hooks
+
+using namespace tcpfix;
+
+// Returns 0, or -1 with errno exactly as the real connect() set it.
+extern "C" __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr, socklen_t len) {
+    if (!runtime::active()) return real::connect.get()(fd, addr, len);
+    return runtime::to_c(hooks::do_connect(fd, addr, len));
+}
+
+// Returns 0, or -1 with errno exactly as the real getsockopt() set it.
+extern "C" __attribute__((visibility("default"))) int getsockopt(int fd, int level, int name, void* value,
+                                                                 socklen_t* len) noexcept {
+    if (!runtime::active()) return real::getsockopt.get()(fd, level, name, value, len);
+    return runtime::to_c(hooks::do_getsockopt(fd, level, name, value, len));
+}

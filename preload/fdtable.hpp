@@ -1,0 +1,103 @@
+// The descriptor table: fd number -> slot of a tracked TCP socket.
+//
+// A flat, lazily mapped array indexed by fd (4096 descriptors a chunk) holds a
+// slot index per fd; 0 means "not tracked", so a close() of a file costs one
+// or two loads. A slot is the state of one socket (an open file description)
+// and is shared, reference-counted, by every descriptor dup'ed from it.
+// Everything is lock-free: a signal handler may call close() at any moment.
+// Memory comes from mmap and is never returned, so a stale index is never a
+// dangling pointer.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "policy/net.hpp"
+
+namespace tcpfix::fdtable {
+
+constexpr unsigned kChunkBits = 12;
+constexpr unsigned kChunkSize = 1u << kChunkBits;
+constexpr unsigned kMaxChunks = 4096;  // descriptors up to 16,777,215 are tracked
+constexpr unsigned kMaxFd = kChunkSize * kMaxChunks;
+
+// A descriptor tcpfix itself holds (its log file): closing it goes the slow
+// path so tcpfix learns the application took the number back.
+constexpr std::uint32_t kOwned = 0xffffffffu;
+
+enum SlotFlag : std::uint32_t {
+    kConnectCalled = 1u << 0,   // connect() was called on it by this process
+    kMatched = 1u << 1,         // its destination passes TCPFIX_MATCH
+    kConnectPending = 1u << 2,  // a non-blocking connect whose outcome is not yet read
+    kAppLinger = 1u << 3,       // the application set SO_LINGER itself
+    kExplicitPort = 1u << 4,    // bound to an explicit local port
+};
+
+struct Slot {
+    std::atomic<std::uint32_t> refs{0};
+    std::atomic<std::uint32_t> flags{0};
+    std::atomic<std::uint32_t> next_free{0};
+    std::uint32_t fork_epoch = 0;  // the process's fork count when the socket was made
+    policy::Endpoint dest;         // valid once kConnectCalled is set
+    std::int64_t connect_start_ns = 0;
+};
+
+namespace detail {
+extern std::atomic<std::atomic<std::uint32_t>*> g_chunks[kMaxChunks];
+}
+
+// The slot index for fd, or 0. The hot path of every hooked close().
+inline std::uint32_t lookup(int fd) {
+    unsigned u = static_cast<unsigned>(fd);
+    if (u >= kMaxFd) return 0;
+    std::atomic<std::uint32_t>* chunk = detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire);
+    if (chunk == nullptr) return 0;
+    return chunk[u & (kChunkSize - 1)].load(std::memory_order_acquire);
+}
+
+Slot& slot(std::uint32_t index);
+
+// Tracks a new socket at fd: a fresh slot with one reference. Returns its
+// index, or 0 when no memory could be had (the socket then passes through).
+std::uint32_t track_new(int fd);
+
+// Marks fd as a descriptor tcpfix holds.
+void track_owned(int fd);
+
+// Removes fd from the table and returns what it held (0, kOwned or a slot
+// index whose reference the caller now owns and must release()).
+std::uint32_t take(int fd);
+
+// fd now refers to the same socket as `from` (dup semantics); whatever fd
+// held before is released. A no-op pair when `from` is untracked.
+void share(int from, int fd);
+
+// fd was just handed out by the kernel for something tcpfix does not track:
+// drop any stale entry left by a close tcpfix never saw.
+void clear(int fd);
+
+// Drops one reference; the slot is recycled when none remain.
+void release(std::uint32_t index);
+
+// The current fork epoch; a socket made in an earlier epoch may be shared with
+// another process.
+std::uint32_t fork_epoch();
+void bump_fork_epoch();
+
+// Calls f(fd, index) for every tracked descriptor in [first, last], in order.
+template <typename F>
+void for_each(unsigned first, unsigned last, F&& f) {
+    if (last >= kMaxFd) last = kMaxFd - 1;
+    for (unsigned c = first >> kChunkBits; c <= (last >> kChunkBits) && first <= last; ++c) {
+        std::atomic<std::uint32_t>* chunk = detail::g_chunks[c].load(std::memory_order_acquire);
+        if (chunk == nullptr) continue;
+        unsigned lo = c == (first >> kChunkBits) ? first & (kChunkSize - 1) : 0;
+        unsigned hi = c == (last >> kChunkBits) ? last & (kChunkSize - 1) : kChunkSize - 1;
+        for (unsigned i = lo; i <= hi; ++i) {
+            std::uint32_t index = chunk[i].load(std::memory_order_acquire);
+            if (index != 0) f(static_cast<int>((c << kChunkBits) | i), index);
+        }
+    }
+}
+
+}  // namespace tcpfix::fdtable

@@ -1,0 +1,71 @@
+// The library's process-wide state: the configuration (immutable once the
+// constructor has run, so reads need no lock), the counters, and small helpers
+// every hook uses.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <ctime>
+
+#include "policy/config.hpp"
+#include "policy/stats.hpp"
+
+namespace tcpfix::runtime {
+
+namespace detail {
+extern std::atomic<bool> g_active;
+}
+
+// True once the constructor has parsed a configuration that asks for
+// something. Until then, and under TCPFIX_DISABLE=1, every hook passes through.
+inline bool active() { return detail::g_active.load(std::memory_order_relaxed); }
+
+// The configuration; only valid when active().
+const policy::Config& config();
+
+policy::Counters& counters();
+
+// The process ID, refreshed after fork.
+long pid();
+
+// Monotonic clock in nanoseconds.
+inline std::int64_t now_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Saves errno and puts it back: tcpfix's own syscalls never leak an errno.
+class ErrnoGuard {
+public:
+    ErrnoGuard() : saved_(errno) {}
+    ~ErrnoGuard() { errno = saved_; }
+    ErrnoGuard(const ErrnoGuard&) = delete;
+    ErrnoGuard& operator=(const ErrnoGuard&) = delete;
+
+private:
+    int saved_;
+};
+
+// Turns an internal result (value, or -errno) into the C convention: sets
+// errno only on failure.
+inline int to_c(int result) {
+    if (result < 0) {
+        errno = -result;
+        return -1;
+    }
+    return result;
+}
+
+// Calls a libc function and returns its result, or -errno on failure, leaving
+// errno as it was.
+template <typename Fn, typename... Args>
+int call_errno(Fn* fn, Args... args) {
+    int saved = errno;
+    int r = fn(args...);
+    if (r < 0) r = -errno;
+    errno = saved;
+    return r;
+}
+
+}  // namespace tcpfix::runtime

@@ -1,0 +1,155 @@
+#include "preload/stats_file.hpp"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <ctime>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "preload/log.hpp"
+#include "preload/real.hpp"
+#include "preload/runtime.hpp"
+
+namespace tcpfix::stats_file {
+namespace {
+
+constexpr std::int64_t kRefreshNs = 2'000'000'000;
+
+std::atomic<bool> g_enabled{false};
+std::atomic<bool> g_writing{false};
+std::atomic<std::int64_t> g_last_write_ns{0};
+const std::string* g_template = nullptr;  // TCPFIX_STATS as given
+// {"TCPFIX_CLOSE":"rst",...}. A plain buffer: a static std::string would be
+// destroyed by exit() before the library's destructor writes the final stats.
+char g_policy_json[4096];
+std::size_t g_policy_json_len = 0;
+char g_path[PATH_MAX];
+timespec g_started{};  // when this process (or forked child) began counting
+
+void expand_path() {
+    std::string_view t = *g_template;
+    char* out = g_path;
+    char* end = g_path + sizeof g_path - 1;
+    for (std::size_t i = 0; i < t.size() && out < end; ++i) {
+        if (t[i] == '%' && i + 1 < t.size() && t[i + 1] == 'p') {
+            auto r = fmt::format_to_n(out, static_cast<std::size_t>(end - out), "{}", runtime::pid());
+            out += r.size < static_cast<std::size_t>(end - out) ? r.size : static_cast<std::size_t>(end - out);
+            ++i;
+        } else {
+            *out++ = t[i];
+        }
+    }
+    *out = '\0';
+}
+
+// A process that did nothing must not overwrite counters another process of
+// the same run (same path, no %p) wrote since it started — a shell wrapper
+// exits after the client it ran.
+bool would_clobber_with_nothing() {
+    const auto& c = runtime::counters();
+    if (c.sockets.load(std::memory_order_relaxed) != 0 ||
+        c.connects.load(std::memory_order_relaxed) != 0)
+        return false;
+    struct stat st;
+    if (stat(g_path, &st) != 0) return false;
+    return st.st_mtim.tv_sec > g_started.tv_sec ||
+           (st.st_mtim.tv_sec == g_started.tv_sec && st.st_mtim.tv_nsec >= g_started.tv_nsec);
+}
+
+void write_file() {
+    char json[16384];
+    std::size_t n = policy::render_stats_json(runtime::counters(), runtime::config().tag,
+                                              runtime::pid(),
+                                              std::string_view(g_policy_json, g_policy_json_len),
+                                              json, sizeof json);
+    if (n == 0 || would_clobber_with_nothing()) return;
+    char tmp[PATH_MAX + 32];
+    auto r = fmt::format_to_n(tmp, sizeof tmp - 1, "{}.tmp.{}", g_path, runtime::pid());
+    tmp[r.size < sizeof tmp - 1 ? r.size : sizeof tmp - 1] = '\0';
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        log::at(policy::LogLevel::Warn, "cannot write TCPFIX_STATS {}: {}", tmp,
+                policy::errno_name(errno));
+        return;
+    }
+    bool ok = true;
+    for (std::size_t off = 0; off < n;) {
+        ssize_t w = write(fd, json + off, n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            ok = false;
+            break;
+        }
+        off += static_cast<std::size_t>(w);
+    }
+    real::close.get()(fd);
+    if (!ok || rename(tmp, g_path) != 0) {
+        log::at(policy::LogLevel::Warn, "cannot write TCPFIX_STATS {}: {}", g_path,
+                policy::errno_name(errno));
+        unlink(tmp);
+    }
+}
+
+void write_locked() {
+    if (!g_enabled.load(std::memory_order_acquire)) return;
+    if (g_writing.exchange(true, std::memory_order_acquire)) return;  // someone else is at it
+    runtime::ErrnoGuard keep_errno;
+    g_last_write_ns.store(runtime::now_ns(), std::memory_order_relaxed);
+    write_file();
+    g_writing.store(false, std::memory_order_release);
+}
+
+}  // namespace
+
+void init(const policy::Config& config, bool secure) {
+    clock_gettime(CLOCK_REALTIME, &g_started);
+    if (config.stats_path.empty()) return;
+    if (secure) {
+        log::write_line(policy::LogLevel::Warn,
+                        "TCPFIX_STATS ignored in a set-user-ID or otherwise secure process");
+        return;
+    }
+    g_template = &config.stats_path;
+    std::string policy_json = "{";
+    for (const auto& [name, value] : config.given) {
+        if (policy_json.size() > 1) policy_json += ',';
+        policy_json += policy::json_quote(name) + ":" + policy::json_quote(value);
+    }
+    policy_json += "}";
+    if (policy_json.size() <= sizeof g_policy_json) {
+        std::memcpy(g_policy_json, policy_json.data(), policy_json.size());
+        g_policy_json_len = policy_json.size();
+    }
+    expand_path();
+    g_enabled.store(true, std::memory_order_release);
+}
+
+void after_fork_in_child() {
+    g_writing.store(false, std::memory_order_relaxed);
+    clock_gettime(CLOCK_REALTIME, &g_started);
+    g_last_write_ns.store(runtime::now_ns(), std::memory_order_relaxed);
+    if (g_template == nullptr) return;
+    if (g_template->find("%p") == std::string::npos) {
+        g_enabled.store(false, std::memory_order_release);
+        return;
+    }
+    expand_path();
+}
+
+void maybe_refresh() {
+    if (!g_enabled.load(std::memory_order_relaxed)) return;
+    std::int64_t now = runtime::now_ns();
+    if (now - g_last_write_ns.load(std::memory_order_relaxed) < kRefreshNs) return;
+    write_locked();
+}
+
+void write_now() { write_locked(); }
+
+}  // namespace tcpfix::stats_file

@@ -1,0 +1,24 @@
+// TCPFIX_STATS: the counters as JSON, written atomically (temporary file,
+// then rename) at exit and refreshed from hooked calls at most every two
+// seconds, so a process killed by a signal still leaves recent counters.
+#pragma once
+
+#include "policy/config.hpp"
+
+namespace tcpfix::stats_file {
+
+// Prepares the path (%p becomes the PID) and the policy object; nothing is
+// written in a secure (set-user-ID) process.
+void init(const policy::Config& config, bool secure);
+
+// In a forked child: a path with %p moves to the child's PID; a path without
+// it is left to the parent, which would otherwise be overwritten.
+void after_fork_in_child();
+
+// Writes if the last write is more than the refresh interval ago.
+void maybe_refresh();
+
+// Writes now (the exit handler).
+void write_now();
+
+}  // namespace tcpfix::stats_file

@@ -1,0 +1,89 @@
+// syscall(): programs that bypass libc's wrappers (libuv, and so node, closes
+// with syscall(SYS_close, fd)) still go through the same hooks.
+#include <sys/syscall.h>
+
+#include <cstdarg>
+
+#include "preload/hooks.hpp"
+#include "preload/real.hpp"
+#include "preload/runtime.hpp"
+
+using namespace tcpfix;
+
+namespace {
+
+template <typename T>
+T as(long v) {
+    return reinterpret_cast<T>(v);
+}
+
+// The hooked system calls, or false to leave the call to libc untouched.
+bool dispatch(long n, const long* a, long& result) {
+    int r;
+    switch (n) {
+        case SYS_close: r = hooks::do_close(static_cast<int>(a[0])); break;
+        case SYS_close_range:
+            r = hooks::do_close_range(static_cast<unsigned>(a[0]), static_cast<unsigned>(a[1]),
+                                      static_cast<int>(a[2]));
+            break;
+        case SYS_socket:
+            r = hooks::do_socket(static_cast<int>(a[0]), static_cast<int>(a[1]), static_cast<int>(a[2]));
+            break;
+        case SYS_connect:
+            r = hooks::do_connect(static_cast<int>(a[0]), as<const sockaddr*>(a[1]),
+                                  static_cast<socklen_t>(a[2]));
+            break;
+        case SYS_bind:
+            r = hooks::do_bind(static_cast<int>(a[0]), as<const sockaddr*>(a[1]), static_cast<socklen_t>(a[2]));
+            break;
+        case SYS_accept:
+            r = hooks::do_accept4(static_cast<int>(a[0]), as<sockaddr*>(a[1]), as<socklen_t*>(a[2]), 0, true);
+            break;
+        case SYS_accept4:
+            r = hooks::do_accept4(static_cast<int>(a[0]), as<sockaddr*>(a[1]), as<socklen_t*>(a[2]),
+                                  static_cast<int>(a[3]), false);
+            break;
+        case SYS_dup: r = hooks::do_dup(static_cast<int>(a[0])); break;
+#ifdef SYS_dup2
+        case SYS_dup2: r = hooks::do_dup3(static_cast<int>(a[0]), static_cast<int>(a[1]), 0, true); break;
+#endif
+        case SYS_dup3:
+            r = hooks::do_dup3(static_cast<int>(a[0]), static_cast<int>(a[1]), static_cast<int>(a[2]), false);
+            break;
+        case SYS_fcntl:
+            if (a[1] != F_DUPFD && a[1] != F_DUPFD_CLOEXEC) return false;
+            r = hooks::do_fcntl_dupfd(static_cast<int>(a[0]), static_cast<int>(a[1]), static_cast<int>(a[2]));
+            break;
+        case SYS_setsockopt:
+            r = hooks::do_setsockopt(static_cast<int>(a[0]), static_cast<int>(a[1]), static_cast<int>(a[2]),
+                                     as<const void*>(a[3]), static_cast<socklen_t>(a[4]));
+            break;
+        case SYS_getsockopt:
+            r = hooks::do_getsockopt(static_cast<int>(a[0]), static_cast<int>(a[1]), static_cast<int>(a[2]),
+                                     as<void*>(a[3]), as<socklen_t*>(a[4]));
+            break;
+        default: return false;
+    }
+    result = r;
+    return true;
+}
+
+}  // namespace
+
+// As libc's syscall(): the result, or -1 with errno set.
+extern "C" __attribute__((visibility("default"))) long syscall(long n, ...) noexcept {
+    va_list ap;
+    va_start(ap, n);
+    long a[6];
+    for (long& v : a) v = va_arg(ap, long);
+    va_end(ap);
+    long result;
+    if (runtime::active() && dispatch(n, a, result)) {
+        if (result < 0) {
+            errno = static_cast<int>(-result);
+            return -1;
+        }
+        return result;
+    }
+    return real::syscall.get()(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
