@@ -269,9 +269,11 @@ std::string refusal_line(std::string_view name, std::string_view value, std::str
 std::string unknown_refusal(std::string_view name, std::string_view value) {
     const VariableInfo* best = nullptr;
     std::size_t best_distance = 4;  // suggest only near misses
+    constexpr std::size_t kPrefix = std::string_view("TCPFIX_").size();
     for (const auto& v : kVariables) {
         auto d = edit_distance(name, v.name);
-        if (d < best_distance) {
+        // Retyping a whole short suffix ("TCPFIX_" -> TCPFIX_LOG) is no near miss.
+        if (d < best_distance && d < v.name.size() - kPrefix) {
             best = &v;
             best_distance = d;
         }

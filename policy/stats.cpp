@@ -1,5 +1,6 @@
 #include "policy/stats.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -37,16 +38,19 @@ void Counters::reset() {
                     &source_addr_binds})
         c->store(0, std::memory_order_relaxed);
     for (auto& c : connect_errors) c.store(0, std::memory_order_relaxed);
+    for (auto& c : source_addr_binds_by) c.store(0, std::memory_order_relaxed);
+    for (auto& c : source_addr_exhausted_by) c.store(0, std::memory_order_relaxed);
+    connect_latency.reset();
 }
 
-std::size_t render_stats_json(const Counters& c, std::string_view tag, long pid,
-                              std::string_view policy_json, char* buf, std::size_t cap) {
+std::size_t render_stats_json(const Counters& c, const StatsContext& ctx, char* buf,
+                              std::size_t cap) {
     auto get = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
     BoundedWriter w{buf, cap};
     // tag is validated printable without quotes or backslashes (config.cpp).
     w.put("{{\"tag\":\"{}\",\"pid\":{},\"sockets\":{},\"connects\":{},\"connects_matched\":{},"
-        "\"connect_errors\":{{",
-        tag, pid, get(c.sockets), get(c.connects), get(c.connects_matched));
+          "\"connect_errors\":{{",
+          ctx.tag, ctx.pid, get(c.sockets), get(c.connects), get(c.connects_matched));
     bool first = true;
     for (int e = 1; e < Counters::kMaxErrno; ++e) {
         auto n = get(c.connect_errors[e]);
@@ -56,15 +60,82 @@ std::size_t render_stats_json(const Counters& c, std::string_view tag, long pid,
         else w.put("{}\"E{}\":{}", first ? "" : ",", e, n);
         first = false;
     }
-    w.put("}},\"connect_timeouts\":{},\"connect_retries\":{},\"closes\":{},\"closes_rst\":{},"
-        "\"closes_rst_after_wait\":{},\"closes_graceful_unsent\":{},\"closes_graceful_shared\":{},"
-        "\"ack_wait_us\":{},\"throttled_ms\":{},\"close_wait_reaped\":{},\"source_addr_binds\":{},"
-        "\"policy\":{}}}\n",
-        get(c.connect_timeouts), get(c.connect_retries), get(c.closes), get(c.closes_rst),
-        get(c.closes_rst_after_wait), get(c.closes_graceful_unsent), get(c.closes_graceful_shared),
-        get(c.ack_wait_us), get(c.throttled_ms), get(c.close_wait_reaped),
-        get(c.source_addr_binds), policy_json.empty() ? std::string_view("{}") : policy_json);
+    const LatencyHistogram& lat = c.connect_latency;
+    w.put("}},\"connect_timeouts\":{},\"connect_retries\":{},"
+          "\"connect_latency_ms\":{{\"count\":{},\"p50\":{:.3f},\"p99\":{:.3f},\"max\":{:.3f}}},"
+          "\"closes\":{},\"closes_rst\":{},"
+          "\"closes_rst_after_wait\":{},\"closes_graceful_unsent\":{},\"closes_graceful_shared\":{},"
+          "\"ack_wait_us\":{},\"throttled_ms\":{},\"close_wait_reaped\":{},\"source_addr_binds\":{},"
+          "\"source_addrs\":{{",
+          get(c.connect_timeouts), get(c.connect_retries), lat.count(),
+          lat.percentile_us(0.50) / 1000.0, lat.percentile_us(0.99) / 1000.0, lat.max_us() / 1000.0,
+          get(c.closes), get(c.closes_rst), get(c.closes_rst_after_wait),
+          get(c.closes_graceful_unsent), get(c.closes_graceful_shared), get(c.ack_wait_us),
+          get(c.throttled_ms), get(c.close_wait_reaped), get(c.source_addr_binds));
+    for (std::size_t i = 0; i < ctx.source_addr_count && i < Counters::kMaxSourceAddrs; ++i) {
+        w.put("{}\"{}\":{{\"binds\":{},\"eaddrnotavail\":{}}}", i == 0 ? "" : ",",
+              ctx.source_addr_names[i], get(c.source_addr_binds_by[i]),
+              get(c.source_addr_exhausted_by[i]));
+    }
+    w.put("}},\"policy\":{}}}\n",
+          ctx.policy_json.empty() ? std::string_view("{}") : ctx.policy_json);
     return w.overflow ? 0 : w.used();
+}
+
+std::size_t render_stats_json(const Counters& c, std::string_view tag, long pid,
+                              std::string_view policy_json, char* buf, std::size_t cap) {
+    StatsContext ctx;
+    ctx.tag = tag;
+    ctx.pid = pid;
+    ctx.policy_json = policy_json;
+    return render_stats_json(c, ctx, buf, cap);
+}
+
+int LatencyHistogram::bucket_of(std::int64_t ns) {
+    std::int64_t us = ns / 1000;
+    if (us < 1) return 0;
+    int exp = 63 - __builtin_clzll(static_cast<unsigned long long>(us));  // floor(log2(us))
+    int sub = exp >= 2 ? static_cast<int>((us >> (exp - 2)) & 3) : static_cast<int>((us << (2 - exp)) & 3);
+    int b = 1 + exp * 4 + sub;
+    return b < kBuckets ? b : kBuckets - 1;
+}
+
+double LatencyHistogram::upper_bound_us(int bucket) {
+    if (bucket == 0) return 1.0;
+    int exp = (bucket - 1) / 4, sub = (bucket - 1) % 4;
+    return static_cast<double>(1ULL << exp) * (1.0 + (sub + 1) / 4.0);
+}
+
+void LatencyHistogram::record_ns(std::int64_t ns) {
+    if (ns < 0) ns = 0;
+    buckets_[bucket_of(ns)].fetch_add(1, std::memory_order_relaxed);
+    std::int64_t seen = max_ns_.load(std::memory_order_relaxed);
+    while (ns > seen && !max_ns_.compare_exchange_weak(seen, ns, std::memory_order_relaxed)) {
+    }
+}
+
+std::uint64_t LatencyHistogram::count() const {
+    std::uint64_t n = 0;
+    for (const auto& b : buckets_) n += b.load(std::memory_order_relaxed);
+    return n;
+}
+
+double LatencyHistogram::percentile_us(double fraction) const {
+    std::uint64_t total = count();
+    if (total == 0) return 0;
+    auto rank = static_cast<std::uint64_t>(fraction * static_cast<double>(total) + 0.999999);
+    if (rank == 0) rank = 1;
+    std::uint64_t seen = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+        seen += buckets_[b].load(std::memory_order_relaxed);
+        if (seen >= rank) return std::min(upper_bound_us(b), max_us());
+    }
+    return max_us();
+}
+
+void LatencyHistogram::reset() {
+    for (auto& b : buckets_) b.store(0, std::memory_order_relaxed);
+    max_ns_.store(0, std::memory_order_relaxed);
 }
 
 std::string json_quote(std::string_view s) {

@@ -11,7 +11,31 @@
 
 namespace tcpfix::policy {
 
+// Connect latencies in log-linear buckets (4 per power of two, from 1 us):
+// lock-free to record, percentiles within ~19% of the true value.
+class LatencyHistogram {
+public:
+    static constexpr int kBuckets = 4 * 40;
+
+    void record_ns(std::int64_t ns);
+    std::uint64_t count() const;
+    // The value in microseconds below which `fraction` of the samples lie (the
+    // bucket's upper bound), or 0 when empty.
+    double percentile_us(double fraction) const;
+    double max_us() const { return static_cast<double>(max_ns_.load(std::memory_order_relaxed)) / 1000.0; }
+    void reset();
+
+    static int bucket_of(std::int64_t ns);
+    static double upper_bound_us(int bucket);
+
+private:
+    std::atomic<std::uint64_t> buckets_[kBuckets]{};
+    std::atomic<std::int64_t> max_ns_{0};
+};
+
 struct Counters {
+    static constexpr int kMaxSourceAddrs = 32;
+
     static constexpr int kMaxErrno = 134;  // errno values glibc names (EHWPOISON = 133)
 
     std::atomic<std::uint64_t> sockets{0};          // TCP sockets created
@@ -29,6 +53,10 @@ struct Counters {
     std::atomic<std::uint64_t> throttled_ms{0};
     std::atomic<std::uint64_t> close_wait_reaped{0};
     std::atomic<std::uint64_t> source_addr_binds{0};
+    // Per TCPFIX_SOURCE_ADDRS entry, in the order given.
+    std::atomic<std::uint64_t> source_addr_binds_by[kMaxSourceAddrs]{};
+    std::atomic<std::uint64_t> source_addr_exhausted_by[kMaxSourceAddrs]{};
+    LatencyHistogram connect_latency;  // connects that completed, as tcpfix saw them
 
     void count_connect_error(int err) {
         if (err > 0 && err < kMaxErrno) connect_errors[err].fetch_add(1, std::memory_order_relaxed);
@@ -41,8 +69,20 @@ inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
     c.fetch_add(n, std::memory_order_relaxed);
 }
 
+// What the JSON needs besides the counters, prepared once at start-up.
+struct StatsContext {
+    std::string_view tag;
+    long pid = 0;
+    std::string_view policy_json;  // a ready JSON object of the variables in force
+    const std::string_view* source_addr_names = nullptr;  // TCPFIX_SOURCE_ADDRS, as text
+    std::size_t source_addr_count = 0;
+};
+
 // Writes the stats JSON into buf; returns its length, or 0 if cap is too small.
-// `policy_json` is a ready JSON object of the variables in force.
+std::size_t render_stats_json(const Counters& c, const StatsContext& ctx, char* buf,
+                              std::size_t cap);
+
+// The same without per-source-address names.
 std::size_t render_stats_json(const Counters& c, std::string_view tag, long pid,
                               std::string_view policy_json, char* buf, std::size_t cap);
 

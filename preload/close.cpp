@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "policy/close.hpp"
+#include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/hooks.hpp"
 #include "preload/log.hpp"
@@ -62,6 +63,7 @@ void apply_close_policy(int fd, std::uint32_t index) {
     auto& counters = runtime::counters();
     fdtable::Slot& s = fdtable::slot(index);
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    if ((flags & fdtable::kDeadlineArmed) != 0) connect_policy::disarm(index, s);
     policy::bump(counters.closes);
     if (config.close == policy::CloseMode::Keep) return;
 

@@ -2,7 +2,9 @@
 // count the outcome. getsockopt(SO_ERROR) completes the count for the
 // non-blocking connects real clients make (php-redis, libmariadb).
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
+#include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/hooks.hpp"
 #include "preload/log.hpp"
@@ -21,12 +23,15 @@ std::uint32_t slot_for_connect(int fd) {
     std::uint32_t index = fdtable::lookup(fd);
     if (index != 0 && index != fdtable::kOwned) return index;
     if (index == fdtable::kOwned) return 0;
-    int protocol = 0;
+    int protocol = 0, domain = 0;
     socklen_t len = sizeof protocol;
     if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_PROTOCOL, static_cast<void*>(&protocol), &len) != 0 ||
         protocol != IPPROTO_TCP)
         return 0;
-    index = fdtable::track_new(fd);
+    len = sizeof domain;
+    if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_DOMAIN, static_cast<void*>(&domain), &len) != 0)
+        return 0;
+    index = fdtable::track_new(fd, domain, SOCK_STREAM);
     if (index != 0) policy::bump(runtime::counters().sockets);
     return index;
 }
@@ -34,6 +39,51 @@ std::uint32_t slot_for_connect(int fd) {
 void count_failure(const policy::Endpoint& dest, int err) {
     runtime::counters().count_connect_error(err);
     log::at(policy::LogLevel::Debug, "connect to {} failed: {}", dest, policy::errno_name(err));
+}
+
+// A matched connect under the connect policies: a source address, a deadline
+// per attempt, retries on a fresh socket after a timeout, the next source
+// address after EADDRNOTAVAIL.
+int connect_matched(int fd, std::uint32_t index, fdtable::Slot& s, const sockaddr* addr, socklen_t len,
+                    const policy::Endpoint& dest) {
+    const policy::Config& config = runtime::config();
+    const bool timed = config.connect_timeout_ns.has_value();
+    unsigned retries_left = timed ? config.connect_retries : 0;
+    connect_policy::SourceCursor cursor;
+    for (bool first = true;; first = false) {
+        if (!first) {
+            int rr = connect_policy::replace_socket(fd, s);
+            if (rr < 0) {
+                log::at(policy::LogLevel::Info, "connect fd {} to {}: no fresh socket for another try ({})", fd,
+                        dest, policy::errno_name(-rr));
+                return -ETIMEDOUT;
+            }
+        }
+        int r = connect_policy::prepare_source(fd, s, dest, cursor);
+        connect_policy::AttemptResult a;
+        if (r == 0) {
+            if (timed) a = connect_policy::timed_connect(fd, index, s, addr, len, retries_left == 0);
+            else a.result = call_errno(real::connect.get(), fd, addr, len);
+        } else {
+            a.result = r;
+        }
+        if (a.result == -EADDRNOTAVAIL && connect_policy::next_source(s, dest, cursor)) continue;
+        if (a.timed_out && retries_left > 0) {
+            --retries_left;
+            policy::bump(runtime::counters().connect_retries);
+            log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; retrying on a fresh port",
+                    fd, dest, policy::format_duration(*config.connect_timeout_ns));
+            continue;
+        }
+        if (a.timed_out)
+            log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; ETIMEDOUT", fd, dest,
+                    policy::format_duration(*config.connect_timeout_ns));
+        return a.result;
+    }
+}
+
+bool has_connect_policy(const policy::Config& config) {
+    return config.connect_timeout_ns || !config.source_addrs.empty() || config.port_range;
 }
 
 }  // namespace
@@ -56,11 +106,21 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     if ((flags & fdtable::kConnectPending) != 0 && s.dest == *dest) {
         // A non-blocking client asking again how its connect went (EALREADY,
         // EISCONN): the same attempt, not a new one.
+        if ((flags & fdtable::kTimedOut) != 0) {
+            // tcpfix abandoned it; a real connect() now would start a new handshake.
+            s.flags.fetch_and(~(fdtable::kTimedOut | fdtable::kConnectPending), std::memory_order_acq_rel);
+            count_failure(*dest, ETIMEDOUT);
+            return -ETIMEDOUT;
+        }
         int r = call_errno(real::connect.get(), fd, addr, len);
         if (r != -EALREADY && r != -EINPROGRESS && r != -EINTR)
             s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
         if (r < 0 && r != -EALREADY && r != -EINPROGRESS && r != -EINTR && r != -EISCONN)
             count_failure(*dest, -r);
+        if (r == -EISCONN) {
+            connect_policy::disarm(index, s);
+            runtime::counters().connect_latency.record_ns(runtime::now_ns() - s.connect_start_ns);
+        }
         return r;
     }
 
@@ -74,13 +134,16 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     policy::bump(counters.connects);
     if (matched) policy::bump(counters.connects_matched);
 
-    int r = call_errno(real::connect.get(), fd, addr, len);
+    int r = matched && has_connect_policy(runtime::config())
+                ? connect_matched(fd, index, s, addr, len, *dest)
+                : call_errno(real::connect.get(), fd, addr, len);
     if (r == -EINPROGRESS || r == -EINTR) {
         // EINTR: the handshake goes on in the background, as after EINPROGRESS.
         s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
     } else if (r < 0) {
         count_failure(*dest, -r);
     } else {
+        runtime::counters().connect_latency.record_ns(runtime::now_ns() - s.connect_start_ns);
         log::at(policy::LogLevel::Debug, "connected fd {} to {}{}", fd, *dest,
                 matched ? "" : " (not matched)");
     }
@@ -97,13 +160,23 @@ int do_getsockopt(int fd, int level, int name, void* value, socklen_t* len) {
     if (index == 0 || index == fdtable::kOwned) return r;
     fdtable::Slot& s = fdtable::slot(index);
     if ((s.flags.load(std::memory_order_acquire) & fdtable::kConnectPending) == 0) return r;
-    int err = *static_cast<int*>(value);
-    if (err == EINPROGRESS || err == EALREADY) return r;
-    // A pending connect's SO_ERROR is read once: 0 means connected, or still
-    // in progress if the caller asked early. Only a real error is an outcome.
+    int err = connect_policy::translate_so_error(s, *static_cast<int*>(value));
+    *static_cast<int*>(value) = err;
     if (err != 0) {
+        // The attempt's outcome, as the application learns it.
         s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
+        connect_policy::disarm(index, s);
         count_failure(s.dest, err);
+        return r;
+    }
+    // 0: connected, or still in progress for a caller asking early.
+    tcp_info info{};
+    socklen_t info_len = sizeof info;
+    if (call_errno(real::getsockopt.get(), fd, IPPROTO_TCP, TCP_INFO, static_cast<void*>(&info), &info_len) == 0 &&
+        info.tcpi_state == TCP_ESTABLISHED) {
+        s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
+        connect_policy::disarm(index, s);
+        runtime::counters().connect_latency.record_ns(runtime::now_ns() - s.connect_start_ns);
     }
     return r;
 }

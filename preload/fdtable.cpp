@@ -94,7 +94,7 @@ Slot& slot(std::uint32_t index) {
     return g_slot_chunks[index >> kSlotChunkBits].load(std::memory_order_acquire)[index & (kSlotChunkSize - 1)];
 }
 
-std::uint32_t track_new(int fd) {
+std::uint32_t track_new(int fd, int domain, int type) {
     std::uint32_t index = allocate_slot();
     if (index == 0) {
         clear(fd);
@@ -103,8 +103,13 @@ std::uint32_t track_new(int fd) {
     Slot& s = slot(index);
     s.flags.store(0, std::memory_order_relaxed);
     s.fork_epoch = fork_epoch();
+    s.generation++;
+    s.domain = domain;
+    s.type = type;
     s.dest = {};
     s.connect_start_ns = 0;
+    s.bound_len = 0;
+    s.option_count = 0;
     s.refs.store(1, std::memory_order_release);
     install(fd, index);
     return index;

@@ -31,6 +31,18 @@ enum SlotFlag : std::uint32_t {
     kConnectPending = 1u << 2,  // a non-blocking connect whose outcome is not yet read
     kAppLinger = 1u << 3,       // the application set SO_LINGER itself
     kExplicitPort = 1u << 4,    // bound to an explicit local port
+    kAppBound = 1u << 5,        // the application bound it (bound_addr holds where)
+    kOptionsLost = 1u << 6,     // more options than a slot keeps: a retry cannot replay them all
+    kTimedOut = 1u << 7,        // tcpfix abandoned its connect: SO_ERROR reads ETIMEDOUT
+    kDeadlineArmed = 1u << 8,   // the connect watchdog holds a deadline for it
+};
+
+// A socket option the application set, kept so a fresh socket can get it too.
+struct SavedOption {
+    int level = 0;
+    int name = 0;
+    std::uint8_t len = 0;
+    std::uint8_t value[31] = {};
 };
 
 struct Slot {
@@ -38,8 +50,15 @@ struct Slot {
     std::atomic<std::uint32_t> flags{0};
     std::atomic<std::uint32_t> next_free{0};
     std::uint32_t fork_epoch = 0;  // the process's fork count when the socket was made
+    std::uint32_t generation = 0;  // bumped each time the slot is reused
+    int domain = 0;                // AF_INET or AF_INET6
+    int type = 0;                  // SOCK_STREAM plus SOCK_NONBLOCK / SOCK_CLOEXEC as created
     policy::Endpoint dest;         // valid once kConnectCalled is set
     std::int64_t connect_start_ns = 0;
+    unsigned char bound_addr[28] = {};  // sockaddr_in / sockaddr_in6 of the application's bind()
+    std::uint8_t bound_len = 0;
+    std::uint8_t option_count = 0;
+    SavedOption options[8];
 };
 
 namespace detail {
@@ -59,7 +78,7 @@ Slot& slot(std::uint32_t index);
 
 // Tracks a new socket at fd: a fresh slot with one reference. Returns its
 // index, or 0 when no memory could be had (the socket then passes through).
-std::uint32_t track_new(int fd);
+std::uint32_t track_new(int fd, int domain = 0, int type = 0);
 
 // Marks fd as a descriptor tcpfix holds.
 void track_owned(int fd);

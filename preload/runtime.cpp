@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
@@ -33,9 +34,9 @@ std::atomic<long> g_pid{0};
 // Variables whose behaviour this version does not carry out yet: accepted
 // (so experiments can be written against the full surface) and said so.
 constexpr std::string_view kNotYetApplied[] = {
-    "TCPFIX_CONNECT_TIMEOUT", "TCPFIX_CONNECT_RETRIES", "TCPFIX_BIND_NO_PORT",
-    "TCPFIX_SOURCE_ADDRS",    "TCPFIX_PORT_RANGE",      "TCPFIX_RECONNECT_BACKOFF",
-    "TCPFIX_CONNECT_RATE",    "TCPFIX_REAP_CLOSE_WAIT",
+    "TCPFIX_RECONNECT_BACKOFF",
+    "TCPFIX_CONNECT_RATE",
+    "TCPFIX_REAP_CLOSE_WAIT",
 };
 
 void prepare_fork() {
@@ -47,6 +48,7 @@ void child_after_fork() {
     g_pid.store(getpid(), std::memory_order_relaxed);
     g_counters.reset();
     stats_file::after_fork_in_child();
+    connect_policy::after_fork_in_child();
 }
 
 }  // namespace
@@ -85,6 +87,7 @@ __attribute__((constructor(101))) void initialise() {
     g_config = new policy::Config(std::move(std::get<policy::Config>(parsed)));
     if (!g_config->active()) return;
 
+    connect_policy::check_at_start(*g_config);
     bool secure = getauxval(AT_SECURE) != 0;
     log::init(*g_config, secure);
     stats_file::init(*g_config, secure);

@@ -17,7 +17,7 @@ int do_socket(int domain, int type, int protocol) {
     if (fd < 0) return fd;
     bool tcp = (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
                (protocol == 0 || protocol == IPPROTO_TCP);
-    if (tcp && fdtable::track_new(fd) != 0) policy::bump(runtime::counters().sockets);
+    if (tcp && fdtable::track_new(fd, domain, type) != 0) policy::bump(runtime::counters().sockets);
     if (!tcp) fdtable::clear(fd);
     return fd;
 }

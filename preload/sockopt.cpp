@@ -1,35 +1,59 @@
-// setsockopt() and bind(): what the application chose for its socket, which
-// the close policy must respect (its own SO_LINGER, an explicit local port).
+// setsockopt() and bind(): what the application chose for its socket. The
+// close policy respects its own SO_LINGER; a retry replays its options and
+// its bind on the fresh socket.
 #include <netinet/in.h>
 
+#include <cstring>
+
+#include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/hooks.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
 
 namespace tcpfix::hooks {
+namespace {
 
-using runtime::call_errno;
+fdtable::Slot* tracked(int fd) {
+    std::uint32_t index = fdtable::lookup(fd);
+    return index == 0 || index == fdtable::kOwned ? nullptr : &fdtable::slot(index);
+}
+
+void remember_option(fdtable::Slot& s, int level, int name, const void* value, socklen_t len) {
+    if (len > sizeof(fdtable::SavedOption::value)) {
+        s.flags.fetch_or(fdtable::kOptionsLost);
+        return;
+    }
+    std::uint8_t i = 0;
+    while (i < s.option_count && !(s.options[i].level == level && s.options[i].name == name)) ++i;
+    if (i == sizeof s.options / sizeof s.options[0]) {
+        s.flags.fetch_or(fdtable::kOptionsLost);
+        return;
+    }
+    s.options[i].level = level;
+    s.options[i].name = name;
+    s.options[i].len = static_cast<std::uint8_t>(len);
+    std::memcpy(s.options[i].value, value, len);
+    if (i == s.option_count) ++s.option_count;
+}
+
+}  // namespace
 
 int do_setsockopt(int fd, int level, int name, const void* value, socklen_t len) {
-    int r = call_errno(real::setsockopt.get(), fd, level, name, value, len);
-    if (r != 0 || level != SOL_SOCKET || name != SO_LINGER || len < sizeof(linger)) return r;
-    std::uint32_t index = fdtable::lookup(fd);
-    if (index == 0 || index == fdtable::kOwned) return r;
-    const auto* l = static_cast<const linger*>(value);
-    if (l->l_onoff != 0) fdtable::slot(index).flags.fetch_or(fdtable::kAppLinger);
-    else fdtable::slot(index).flags.fetch_and(~fdtable::kAppLinger);
+    int r = runtime::call_errno(real::setsockopt.get(), fd, level, name, value, len);
+    if (r != 0 || value == nullptr) return r;
+    fdtable::Slot* s = tracked(fd);
+    if (s == nullptr) return r;
+    remember_option(*s, level, name, value, len);
+    if (level == SOL_SOCKET && name == SO_LINGER && len >= sizeof(linger)) {
+        if (static_cast<const linger*>(value)->l_onoff != 0) s->flags.fetch_or(fdtable::kAppLinger);
+        else s->flags.fetch_and(~fdtable::kAppLinger);
+    }
     return r;
 }
 
 int do_bind(int fd, const sockaddr* addr, socklen_t len) {
-    int r = call_errno(real::bind.get(), fd, addr, len);
-    if (r != 0) return r;
-    std::uint32_t index = fdtable::lookup(fd);
-    if (index == 0 || index == fdtable::kOwned) return r;
-    auto local = policy::endpoint_from_sockaddr(addr, len);
-    if (local && local->port != 0) fdtable::slot(index).flags.fetch_or(fdtable::kExplicitPort);
-    return r;
+    return connect_policy::bind_like_app(fd, tracked(fd), addr, len);
 }
 
 }  // namespace tcpfix::hooks

@@ -29,6 +29,8 @@ const std::string* g_template = nullptr;  // TCPFIX_STATS as given
 // destroyed by exit() before the library's destructor writes the final stats.
 char g_policy_json[4096];
 std::size_t g_policy_json_len = 0;
+std::string_view g_source_names[policy::Counters::kMaxSourceAddrs];
+std::size_t g_source_count = 0;
 char g_path[PATH_MAX];
 timespec g_started{};  // when this process (or forked child) began counting
 
@@ -64,10 +66,13 @@ bool would_clobber_with_nothing() {
 
 void write_file() {
     char json[16384];
-    std::size_t n = policy::render_stats_json(runtime::counters(), runtime::config().tag,
-                                              runtime::pid(),
-                                              std::string_view(g_policy_json, g_policy_json_len),
-                                              json, sizeof json);
+    policy::StatsContext ctx;
+    ctx.tag = runtime::config().tag;
+    ctx.pid = runtime::pid();
+    ctx.policy_json = std::string_view(g_policy_json, g_policy_json_len);
+    ctx.source_addr_names = g_source_names;
+    ctx.source_addr_count = g_source_count;
+    std::size_t n = policy::render_stats_json(runtime::counters(), ctx, json, sizeof json);
     if (n == 0 || would_clobber_with_nothing()) return;
     char tmp[PATH_MAX + 32];
     auto r = fmt::format_to_n(tmp, sizeof tmp - 1, "{}.tmp.{}", g_path, runtime::pid());
@@ -126,6 +131,10 @@ void init(const policy::Config& config, bool secure) {
     if (policy_json.size() <= sizeof g_policy_json) {
         std::memcpy(g_policy_json, policy_json.data(), policy_json.size());
         g_policy_json_len = policy_json.size();
+    }
+    for (const auto& ip : config.source_addrs) {
+        if (g_source_count == policy::Counters::kMaxSourceAddrs) break;
+        g_source_names[g_source_count++] = *new std::string(policy::to_string(ip));  // lives as long as the process
     }
     expand_path();
     g_enabled.store(true, std::memory_order_release);

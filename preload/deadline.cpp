@@ -1,0 +1,293 @@
+// Connect deadlines (incident 003). Socket options cannot bound a handshake
+// below the kernel's 1 s initial RTO (KERNEL-FACTS 6), so tcpfix waits itself:
+//  - a blocking caller: the socket is made non-blocking for the attempt, the
+//    hook waits with ppoll() up to TCPFIX_CONNECT_TIMEOUT, and the caller's
+//    file status flags are restored exactly;
+//  - a non-blocking caller: attempts that have a retry after them are waited
+//    for inside connect() (nobody polls the descriptor yet, so a fresh socket
+//    can take its place); the last attempt returns EINPROGRESS at once and a
+//    watchdog thread cuts it short at the deadline with connect(AF_UNSPEC),
+//    which wakes the caller's poll/epoll (KERNEL-FACTS 7); SO_ERROR then
+//    reads ETIMEDOUT. The thread starts only when a deadline is first armed.
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+
+#include <atomic>
+#include <climits>
+
+#include "preload/connect_policy.hpp"
+#include "preload/log.hpp"
+#include "preload/real.hpp"
+#include "preload/runtime.hpp"
+
+namespace tcpfix::connect_policy {
+namespace {
+
+using runtime::call_errno;
+
+// --- the watchdog -------------------------------------------------------
+
+enum EntryState : int { kFree = 0, kClaimed, kArmed, kFiring };
+
+struct Entry {
+    std::atomic<int> state{kFree};
+    int fd = -1;
+    std::uint32_t index = 0;
+    std::uint32_t generation = 0;
+    std::int64_t deadline_ns = 0;
+};
+
+constexpr int kEntries = 4096;
+Entry g_entries[kEntries];
+std::atomic<int> g_high_water{0};  // entries at or above are untouched
+std::atomic<std::uint32_t> g_wake{0};
+std::atomic<bool> g_thread_started{false};
+
+void futex_wake() {
+    g_wake.fetch_add(1, std::memory_order_release);
+    real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAKE_PRIVATE, 1);
+}
+
+// Abandons the handshake of an armed entry whose deadline passed.
+void fire(Entry& e) {
+    if (fdtable::lookup(e.fd) != e.index) return;  // closed, or the number reused
+    fdtable::Slot& s = fdtable::slot(e.index);
+    if (s.generation != e.generation ||
+        (s.flags.load(std::memory_order_acquire) & fdtable::kConnectPending) == 0)
+        return;
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (call_errno(real::getsockopt.get(), e.fd, IPPROTO_TCP, TCP_INFO, static_cast<void*>(&info), &len) != 0 ||
+        (info.tcpi_state != TCP_SYN_SENT && info.tcpi_state != TCP_SYN_RECV))
+        return;  // it connected (or failed) in time
+    s.flags.fetch_or(fdtable::kTimedOut, std::memory_order_acq_rel);
+    sockaddr unspec{};
+    unspec.sa_family = AF_UNSPEC;
+    call_errno(real::connect.get(), e.fd, &unspec, static_cast<socklen_t>(sizeof unspec));
+    policy::bump(runtime::counters().connect_timeouts);
+    log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; abandoned (ETIMEDOUT)", e.fd,
+            s.dest, policy::format_duration(*runtime::config().connect_timeout_ns));
+}
+
+void* watchdog(void*) {
+    for (;;) {
+        std::uint32_t seen = g_wake.load(std::memory_order_acquire);
+        std::int64_t now = runtime::now_ns(), next = INT64_MAX;
+        int high = g_high_water.load(std::memory_order_acquire);
+        for (int i = 0; i < high; ++i) {
+            Entry& e = g_entries[i];
+            if (e.state.load(std::memory_order_acquire) != kArmed) continue;
+            if (e.deadline_ns > now) {
+                next = std::min(next, e.deadline_ns);
+                continue;
+            }
+            int armed = kArmed;
+            if (!e.state.compare_exchange_strong(armed, kFiring, std::memory_order_acq_rel)) continue;
+            fire(e);
+            e.state.store(kFree, std::memory_order_release);
+        }
+        timespec ts{}, *timeout = nullptr;
+        if (next != INT64_MAX) {
+            std::int64_t wait = std::max<std::int64_t>(next - runtime::now_ns(), 0);
+            ts = {static_cast<time_t>(wait / 1'000'000'000), static_cast<long>(wait % 1'000'000'000)};
+            timeout = &ts;
+        }
+        real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAIT_PRIVATE, seen,
+                          reinterpret_cast<long>(timeout));
+    }
+    return nullptr;
+}
+
+bool ensure_watchdog() {
+    if (g_thread_started.load(std::memory_order_acquire)) return true;
+    if (g_thread_started.exchange(true, std::memory_order_acq_rel)) return true;
+    // The thread takes no signal meant for the application.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_t thread;
+    int r = pthread_create(&thread, &attr, watchdog, nullptr);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (r != 0) {
+        g_thread_started.store(false, std::memory_order_release);
+        log::at(policy::LogLevel::Warn, "cannot start the connect watchdog ({}); non-blocking connects keep the kernel's timeout",
+                policy::errno_name(r));
+        return false;
+    }
+    return true;
+}
+
+void arm(int fd, std::uint32_t index, fdtable::Slot& s, std::int64_t deadline_ns) {
+    if (!ensure_watchdog()) return;
+    for (int i = 0; i < kEntries; ++i) {
+        Entry& e = g_entries[i];
+        int expected = kFree;
+        if (!e.state.compare_exchange_strong(expected, kClaimed, std::memory_order_acq_rel)) continue;
+        e.fd = fd;
+        e.index = index;
+        e.generation = s.generation;
+        e.deadline_ns = deadline_ns;
+        e.state.store(kArmed, std::memory_order_release);
+        int high = g_high_water.load(std::memory_order_relaxed);
+        while (high <= i && !g_high_water.compare_exchange_weak(high, i + 1, std::memory_order_acq_rel)) {
+        }
+        s.flags.fetch_or(fdtable::kDeadlineArmed, std::memory_order_release);
+        futex_wake();
+        return;
+    }
+    log::at(policy::LogLevel::Warn, "more than {} connects pending at once; fd {} keeps the kernel's timeout",
+            kEntries, fd);
+}
+
+// --- waiting inside connect() --------------------------------------------
+
+// A signal interrupted the wait of a blocking caller. The kernel restarts a
+// blocking connect after a handler with SA_RESTART and fails it with EINTR
+// otherwise; which signal came is unknown here, so restart only when every
+// installed handler asks for restarts.
+bool handlers_restart() {
+    for (int sig = 1; sig < NSIG; ++sig) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        struct sigaction sa;
+        if (sigaction(sig, nullptr, &sa) != 0) continue;
+        if (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN) continue;
+        if ((sa.sa_flags & SA_RESTART) == 0) return false;
+    }
+    return true;
+}
+
+// The caller's own SO_SNDTIMEO, which bounds a blocking connect in the kernel.
+std::int64_t app_send_timeout_ns(int fd) {
+    timeval tv{};
+    socklen_t len = sizeof tv;
+    if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_SNDTIMEO, static_cast<void*>(&tv), &len) != 0)
+        return 0;
+    return static_cast<std::int64_t>(tv.tv_sec) * 1'000'000'000 + tv.tv_usec * 1000;
+}
+
+int so_error(int fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_ERROR, static_cast<void*>(&err), &len) != 0)
+        return EIO;
+    return err;
+}
+
+void abandon(int fd) {
+    sockaddr unspec{};
+    unspec.sa_family = AF_UNSPEC;
+    call_errno(real::connect.get(), fd, &unspec, static_cast<socklen_t>(sizeof unspec));
+}
+
+}  // namespace
+
+AttemptResult timed_connect(int fd, std::uint32_t index, fdtable::Slot& s, const sockaddr* addr, socklen_t len,
+                            bool last) {
+    const std::int64_t timeout = *runtime::config().connect_timeout_ns;
+    AttemptResult out;
+    int status = call_errno(real::fcntl.get(), fd, F_GETFL);
+    if (status < 0) {
+        out.result = call_errno(real::connect.get(), fd, addr, len);
+        return out;
+    }
+    const bool nonblocking = (status & O_NONBLOCK) != 0;
+    const std::int64_t start = runtime::now_ns();
+
+    if (nonblocking && last) {
+        out.result = call_errno(real::connect.get(), fd, addr, len);
+        if (out.result == -EINPROGRESS) {
+            s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
+            arm(fd, index, s, start + timeout);
+        }
+        return out;
+    }
+
+    std::int64_t app_deadline = 0;
+    if (!nonblocking) {
+        if (std::int64_t t = app_send_timeout_ns(fd); t > 0) app_deadline = start + t;
+        call_errno(real::fcntl.get(), fd, F_SETFL, status | O_NONBLOCK);
+    }
+    int r = call_errno(real::connect.get(), fd, addr, len);
+    if (r == -EINPROGRESS) {
+        const std::int64_t deadline = start + timeout;
+        for (;;) {
+            std::int64_t now = runtime::now_ns();
+            std::int64_t until = app_deadline != 0 ? std::min(deadline, app_deadline) : deadline;
+            if (now >= until) {
+                if (app_deadline != 0 && app_deadline <= deadline) {
+                    // The caller's own SO_SNDTIMEO ran out first: the kernel says EINPROGRESS.
+                    s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
+                    r = -EINPROGRESS;
+                } else {
+                    abandon(fd);
+                    policy::bump(runtime::counters().connect_timeouts);
+                    out.timed_out = true;
+                    r = -ETIMEDOUT;
+                }
+                break;
+            }
+            std::int64_t wait = until - now;
+            timespec ts{static_cast<time_t>(wait / 1'000'000'000), static_cast<long>(wait % 1'000'000'000)};
+            pollfd p{fd, POLLOUT, 0};
+            int n = ppoll(&p, 1, &ts, nullptr);
+            if (n > 0) {
+                int err = so_error(fd);
+                r = err == 0 ? 0 : -err;
+                break;
+            }
+            if (n < 0 && errno == EINTR && !nonblocking && !handlers_restart()) {
+                // As without tcpfix: EINTR, and the handshake goes on in the background.
+                s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
+                r = -EINTR;
+                break;
+            }
+        }
+    }
+    if (!nonblocking) call_errno(real::fcntl.get(), fd, F_SETFL, status);
+    out.result = r;
+    return out;
+}
+
+void disarm(std::uint32_t index, fdtable::Slot& s) {
+    if ((s.flags.fetch_and(~fdtable::kDeadlineArmed, std::memory_order_acq_rel) & fdtable::kDeadlineArmed) == 0)
+        return;
+    int high = g_high_water.load(std::memory_order_acquire);
+    for (int i = 0; i < high; ++i) {
+        Entry& e = g_entries[i];
+        int state = e.state.load(std::memory_order_acquire);
+        if ((state != kArmed && state != kFiring) || e.index != index || e.generation != s.generation)
+            continue;
+        int armed = kArmed;
+        if (e.state.compare_exchange_strong(armed, kFree, std::memory_order_acq_rel)) return;
+        // The watchdog is firing it right now: let it finish before the descriptor goes.
+        while (e.state.load(std::memory_order_acquire) == kFiring) {
+        }
+        return;
+    }
+}
+
+int translate_so_error(fdtable::Slot& s, int err) {
+    if ((s.flags.fetch_and(~fdtable::kTimedOut, std::memory_order_acq_rel) & fdtable::kTimedOut) != 0)
+        return ETIMEDOUT;
+    return err;
+}
+
+void after_fork_in_child() {
+    g_thread_started.store(false, std::memory_order_relaxed);
+    int high = g_high_water.load(std::memory_order_relaxed);
+    for (int i = 0; i < high; ++i) g_entries[i].state.store(kFree, std::memory_order_relaxed);
+    g_high_water.store(0, std::memory_order_relaxed);
+}
+
+}  // namespace tcpfix::connect_policy
