@@ -115,6 +115,11 @@ std::optional<Endpoint> endpoint_from_sockaddr(const sockaddr* sa, unsigned len)
     return std::nullopt;
 }
 
+void format_ip(const IpAddr& ip, char* buf, std::size_t size) {
+    if (ip.family == AF_INET || ip.family == AF_INET6)
+        inet_ntop(ip.family, ip.bytes.data(), buf, static_cast<socklen_t>(size));
+}
+
 std::string to_string(const IpAddr& ip) {
     char buf[INET6_ADDRSTRLEN] = "?";
     if (ip.family == AF_INET || ip.family == AF_INET6)

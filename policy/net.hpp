@@ -8,7 +8,9 @@
 #include <string_view>
 #include <vector>
 
-struct sockaddr;
+#include <fmt/format.h>
+
+#include <sys/socket.h>
 
 namespace tcpfix::policy {
 
@@ -39,6 +41,8 @@ std::optional<Endpoint> endpoint_from_sockaddr(const sockaddr* sa, unsigned len)
 
 // "127.0.0.1:3306", "[::1]:6379".
 std::string to_string(const Endpoint& ep);
+// Writes the address as text into buf (inet_ntop); no allocation.
+void format_ip(const IpAddr& ip, char* buf, std::size_t size);
 std::string to_string(const IpAddr& ip);
 
 // One TCPFIX_MATCH item: an address prefix (or any address), and a port (or any).
@@ -73,3 +77,17 @@ private:
 std::optional<MatchRule> parse_match_rule(std::string_view item);
 
 }  // namespace tcpfix::policy
+
+// "127.0.0.1:3306" / "[::1]:6379" without allocating; family 0 prints "other".
+template <>
+struct fmt::formatter<tcpfix::policy::Endpoint> {
+    constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+    template <typename Ctx>
+    auto format(const tcpfix::policy::Endpoint& ep, Ctx& ctx) const {
+        char ip[46] = "other";
+        tcpfix::policy::format_ip(ep.addr, ip, sizeof ip);
+        if (ep.addr.family == 0) return fmt::format_to(ctx.out(), "other");
+        if (ep.addr.family == AF_INET6) return fmt::format_to(ctx.out(), "[{}]:{}", ip, ep.port);  // AF_INET6
+        return fmt::format_to(ctx.out(), "{}:{}", ip, ep.port);
+    }
+};

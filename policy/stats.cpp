@@ -41,6 +41,7 @@ void Counters::reset() {
     for (auto& c : source_addr_binds_by) c.store(0, std::memory_order_relaxed);
     for (auto& c : source_addr_exhausted_by) c.store(0, std::memory_order_relaxed);
     connect_latency.reset();
+    destinations.reset();
 }
 
 std::size_t render_stats_json(const Counters& c, const StatsContext& ctx, char* buf,
@@ -77,6 +78,13 @@ std::size_t render_stats_json(const Counters& c, const StatsContext& ctx, char* 
               ctx.source_addr_names[i], get(c.source_addr_binds_by[i]),
               get(c.source_addr_exhausted_by[i]));
     }
+    w.put("}},\"destinations\":{{");
+    bool first_dest = true;
+    c.destinations.for_each([&](const Endpoint& ep, const DestinationState& d) {
+        w.put("{}\"{}\":{{\"connects\":{},\"failures\":{},\"leaks\":{},\"reaped\":{}}}",
+              first_dest ? "" : ",", ep, get(d.connects), get(d.failures), get(d.leaks), get(d.reaped));
+        first_dest = false;
+    });
     w.put("}},\"policy\":{}}}\n",
           ctx.policy_json.empty() ? std::string_view("{}") : ctx.policy_json);
     return w.overflow ? 0 : w.used();

@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "policy/storm.hpp"
+
 namespace tcpfix::policy {
 
 // Connect latencies in log-linear buckets (4 per power of two, from 1 us):
@@ -57,6 +59,7 @@ struct Counters {
     std::atomic<std::uint64_t> source_addr_binds_by[kMaxSourceAddrs]{};
     std::atomic<std::uint64_t> source_addr_exhausted_by[kMaxSourceAddrs]{};
     LatencyHistogram connect_latency;  // connects that completed, as tcpfix saw them
+    Destinations destinations;         // per destination: pacing state and counts
 
     void count_connect_error(int err) {
         if (err > 0 && err < kMaxErrno) connect_errors[err].fetch_add(1, std::memory_order_relaxed);

@@ -50,6 +50,7 @@ int close_taken(int fd, std::uint32_t index) {
         log::forget_fd(fd);
     } else if (index != 0) {
         apply_close_policy(fd, index);
+        fdtable::wait_not_busy(index);
         fdtable::release(index);
         stats_file::maybe_refresh();
     }
@@ -136,6 +137,7 @@ void take_range(unsigned first, unsigned last) {
             log::forget_fd(fd);
         } else if (index != 0) {
             apply_close_policy(fd, index);
+            fdtable::wait_not_busy(index);
             fdtable::release(index);
         }
     });

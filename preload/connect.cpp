@@ -3,6 +3,7 @@
 // non-blocking connects real clients make (php-redis, libmariadb).
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 
 #include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
@@ -11,6 +12,7 @@
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
 #include "preload/stats_file.hpp"
+#include "preload/storm.hpp"
 
 namespace tcpfix::hooks {
 namespace {
@@ -36,9 +38,10 @@ std::uint32_t slot_for_connect(int fd) {
     return index;
 }
 
-void count_failure(const policy::Endpoint& dest, int err) {
+void count_failure(const fdtable::Slot& s, int err) {
     runtime::counters().count_connect_error(err);
-    log::at(policy::LogLevel::Debug, "connect to {} failed: {}", dest, policy::errno_name(err));
+    storm::after_failure(s);
+    log::at(policy::LogLevel::Debug, "connect to {} failed: {}", s.dest, policy::errno_name(err));
 }
 
 // A matched connect under the connect policies: a source address, a deadline
@@ -109,14 +112,14 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
         if ((flags & fdtable::kTimedOut) != 0) {
             // tcpfix abandoned it; a real connect() now would start a new handshake.
             s.flags.fetch_and(~(fdtable::kTimedOut | fdtable::kConnectPending), std::memory_order_acq_rel);
-            count_failure(*dest, ETIMEDOUT);
+            count_failure(s, ETIMEDOUT);
             return -ETIMEDOUT;
         }
         int r = call_errno(real::connect.get(), fd, addr, len);
         if (r != -EALREADY && r != -EINPROGRESS && r != -EINTR)
             s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
         if (r < 0 && r != -EALREADY && r != -EINPROGRESS && r != -EINTR && r != -EISCONN)
-            count_failure(*dest, -r);
+            count_failure(s, -r);
         if (r == -EISCONN) {
             connect_policy::disarm(index, s);
             runtime::counters().connect_latency.record_ns(runtime::now_ns() - s.connect_start_ns);
@@ -132,16 +135,25 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
                   std::memory_order_release);
     auto& counters = runtime::counters();
     policy::bump(counters.connects);
+    policy::bump(counters.destinations.get(*dest).connects);
     if (matched) policy::bump(counters.connects_matched);
 
-    int r = matched && has_connect_policy(runtime::config())
-                ? connect_matched(fd, index, s, addr, len, *dest)
-                : call_errno(real::connect.get(), fd, addr, len);
+    int r = 0;
+    if (matched) {
+        int status = call_errno(real::fcntl.get(), fd, F_GETFL);
+        r = storm::before_connect(fd, s, status >= 0 && (status & O_NONBLOCK) != 0);
+        s.connect_start_ns = runtime::now_ns();  // the handshake starts after any pacing
+    }
+    if (r == 0)
+        r = matched && has_connect_policy(runtime::config()) ? connect_matched(fd, index, s, addr, len, *dest)
+                                                             : call_errno(real::connect.get(), fd, addr, len);
+    else
+        return r;  // a signal ended the pacing wait: EINTR, no handshake started
     if (r == -EINPROGRESS || r == -EINTR) {
         // EINTR: the handshake goes on in the background, as after EINPROGRESS.
         s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
     } else if (r < 0) {
-        count_failure(*dest, -r);
+        count_failure(s, -r);
     } else {
         runtime::counters().connect_latency.record_ns(runtime::now_ns() - s.connect_start_ns);
         log::at(policy::LogLevel::Debug, "connected fd {} to {}{}", fd, *dest,
@@ -166,7 +178,7 @@ int do_getsockopt(int fd, int level, int name, void* value, socklen_t* len) {
         // The attempt's outcome, as the application learns it.
         s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
         connect_policy::disarm(index, s);
-        count_failure(s.dest, err);
+        count_failure(s, err);
         return r;
     }
     // 0: connected, or still in progress for a caller asking early.

@@ -67,6 +67,14 @@ void disarm(std::uint32_t index, fdtable::Slot& s);
 // A pending connect's SO_ERROR as the application must see it.
 int translate_so_error(fdtable::Slot& s, int err);
 
+// Starts the watchdog thread if it is not running (deadlines, and the reaper's
+// timer); false if it cannot be started.
+bool start_timer();
+
+// A signal interrupted a wait a blocking connect() would have been in: true
+// when every installed handler has SA_RESTART (the kernel would restart it).
+bool handlers_restart();
+
 // In a forked child: no watchdog thread yet, no deadlines inherited.
 void after_fork_in_child();
 

@@ -25,6 +25,7 @@
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
+#include "preload/storm.hpp"
 
 namespace tcpfix::connect_policy {
 namespace {
@@ -92,6 +93,7 @@ void* watchdog(void*) {
             fire(e);
             e.state.store(kFree, std::memory_order_release);
         }
+        next = std::min(next, storm::on_timer(now));
         timespec ts{}, *timeout = nullptr;
         if (next != INT64_MAX) {
             std::int64_t wait = std::max<std::int64_t>(next - runtime::now_ns(), 0);
@@ -104,7 +106,9 @@ void* watchdog(void*) {
     return nullptr;
 }
 
-bool ensure_watchdog() {
+}  // namespace
+
+bool start_timer() {
     if (g_thread_started.load(std::memory_order_acquire)) return true;
     if (g_thread_started.exchange(true, std::memory_order_acq_rel)) return true;
     // The thread takes no signal meant for the application.
@@ -128,8 +132,10 @@ bool ensure_watchdog() {
     return true;
 }
 
+namespace {
+
 void arm(int fd, std::uint32_t index, fdtable::Slot& s, std::int64_t deadline_ns) {
-    if (!ensure_watchdog()) return;
+    if (!start_timer()) return;
     for (int i = 0; i < kEntries; ++i) {
         Entry& e = g_entries[i];
         int expected = kFree;
@@ -151,21 +157,6 @@ void arm(int fd, std::uint32_t index, fdtable::Slot& s, std::int64_t deadline_ns
 }
 
 // --- waiting inside connect() --------------------------------------------
-
-// A signal interrupted the wait of a blocking caller. The kernel restarts a
-// blocking connect after a handler with SA_RESTART and fails it with EINTR
-// otherwise; which signal came is unknown here, so restart only when every
-// installed handler asks for restarts.
-bool handlers_restart() {
-    for (int sig = 1; sig < NSIG; ++sig) {
-        if (sig == SIGKILL || sig == SIGSTOP) continue;
-        struct sigaction sa;
-        if (sigaction(sig, nullptr, &sa) != 0) continue;
-        if (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN) continue;
-        if ((sa.sa_flags & SA_RESTART) == 0) return false;
-    }
-    return true;
-}
 
 // The caller's own SO_SNDTIMEO, which bounds a blocking connect in the kernel.
 std::int64_t app_send_timeout_ns(int fd) {
@@ -191,6 +182,20 @@ void abandon(int fd) {
 }
 
 }  // namespace
+
+// The kernel restarts a blocking connect after a handler with SA_RESTART and fails it with EINTR
+// otherwise; which signal came is unknown here, so restart only when every
+// installed handler asks for restarts.
+bool handlers_restart() {
+    for (int sig = 1; sig < NSIG; ++sig) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        struct sigaction sa;
+        if (sigaction(sig, nullptr, &sa) != 0) continue;
+        if (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN) continue;
+        if ((sa.sa_flags & SA_RESTART) == 0) return false;
+    }
+    return true;
+}
 
 AttemptResult timed_connect(int fd, std::uint32_t index, fdtable::Slot& s, const sockaddr* addr, socklen_t len,
                             bool last) {

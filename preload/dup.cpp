@@ -21,9 +21,17 @@ int do_dup(int fd) {
 }
 
 int do_dup3(int from, int to, int flags, bool is_dup2) {
+    if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
+    // `to` is closed by the call: take it out of the table first, as close() does.
+    std::uint32_t replaced = fdtable::take(to);
+    fdtable::wait_not_busy(replaced);
     int r = is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
-    if (r < 0 || from == to) return r;
-    if (fdtable::lookup(to) == fdtable::kOwned) log::forget_fd(to);
+    if (r < 0) {
+        fdtable::restore(to, replaced);
+        return r;
+    }
+    if (replaced == fdtable::kOwned) log::forget_fd(to);
+    fdtable::release(replaced);
     fdtable::share(from, to);
     return r;
 }

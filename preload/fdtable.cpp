@@ -110,6 +110,7 @@ std::uint32_t track_new(int fd, int domain, int type) {
     s.connect_start_ns = 0;
     s.bound_len = 0;
     s.option_count = 0;
+    s.close_wait_seen_ns = 0;
     s.refs.store(1, std::memory_order_release);
     install(fd, index);
     return index;
@@ -132,6 +133,14 @@ void share(int from, int fd) {
 
 void clear(int fd) {
     if (lookup(fd) != 0) install(fd, 0);
+}
+
+void restore(int fd, std::uint32_t index) { install(fd, index); }
+
+void wait_not_busy(std::uint32_t index) {
+    if (index == 0 || index == kOwned) return;
+    while (slot(index).busy.load(std::memory_order_seq_cst) != 0) {
+    }
 }
 
 void release(std::uint32_t index) {

@@ -35,6 +35,10 @@ enum SlotFlag : std::uint32_t {
     kOptionsLost = 1u << 6,     // more options than a slot keeps: a retry cannot replay them all
     kTimedOut = 1u << 7,        // tcpfix abandoned its connect: SO_ERROR reads ETIMEDOUT
     kDeadlineArmed = 1u << 8,   // the connect watchdog holds a deadline for it
+    kJudged = 1u << 9,          // storm detection has classified it (used, or abandoned)
+    kAbandoned = 1u << 10,      // ... as abandoned by the application
+    kCloseWaitSeen = 1u << 11,  // found in CLOSE_WAIT at close_wait_seen_ns
+    kReaped = 1u << 12,         // shut down after too long in CLOSE_WAIT
 };
 
 // A socket option the application set, kept so a fresh socket can get it too.
@@ -47,6 +51,8 @@ struct SavedOption {
 
 struct Slot {
     std::atomic<std::uint32_t> refs{0};
+    std::atomic<std::uint32_t> busy{0};  // a background scan is acting on its descriptor
+    std::int64_t close_wait_seen_ns = 0;
     std::atomic<std::uint32_t> flags{0};
     std::atomic<std::uint32_t> next_free{0};
     std::uint32_t fork_epoch = 0;  // the process's fork count when the socket was made
@@ -94,6 +100,15 @@ void share(int from, int fd);
 // fd was just handed out by the kernel for something tcpfix does not track:
 // drop any stale entry left by a close tcpfix never saw.
 void clear(int fd);
+
+// Puts back an entry take() removed, when the call that would have closed
+// the descriptor failed.
+void restore(int fd, std::uint32_t index);
+
+// Waits while a background scan acts on the slot's descriptor; called after
+// take() and before the descriptor is really closed, so tcpfix never acts on
+// a number the application has given up.
+void wait_not_busy(std::uint32_t index);
 
 // Drops one reference; the slot is recycled when none remain.
 void release(std::uint32_t index);

@@ -2,9 +2,6 @@
 // (no allocation) and written with a single write(2), behind a recursion guard.
 #pragma once
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
 #include <string_view>
 
 #include <fmt/format.h>
@@ -37,17 +34,3 @@ void at(policy::LogLevel level, fmt::format_string<T...> f, T&&... args) {
 [[noreturn]] void refuse(std::string_view line);
 
 }  // namespace tcpfix::log
-
-// "127.0.0.1:3306" / "[::1]:6379" without allocating.
-template <>
-struct fmt::formatter<tcpfix::policy::Endpoint> {
-    constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
-    template <typename Ctx>
-    auto format(const tcpfix::policy::Endpoint& ep, Ctx& ctx) const {
-        char ip[INET6_ADDRSTRLEN] = "?";
-        if (ep.addr.family == AF_INET || ep.addr.family == AF_INET6)
-            inet_ntop(ep.addr.family, ep.addr.bytes.data(), ip, sizeof ip);
-        if (ep.addr.family == AF_INET6) return fmt::format_to(ctx.out(), "[{}]:{}", ip, ep.port);
-        return fmt::format_to(ctx.out(), "{}:{}", ip, ep.port);
-    }
-};

@@ -1,0 +1,93 @@
+#include "policy/storm.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tcpfix::policy {
+
+DestinationState& Destinations::get(const Endpoint& ep) {
+    std::size_t h = std::hash<std::uint16_t>()(ep.port);
+    for (auto b : ep.addr.bytes) h = h * 131 + b;
+    for (int probe = 0; probe < kSize; ++probe) {
+        Entry& e = entries_[(h + static_cast<std::size_t>(probe)) % kSize];
+        int ready = e.ready.load(std::memory_order_acquire);
+        if (ready == 0) {
+            if (e.ready.compare_exchange_strong(ready, 1, std::memory_order_acq_rel)) {
+                e.key = ep;
+                e.ready.store(2, std::memory_order_release);
+                return e.state;
+            }
+        }
+        while (ready == 1) ready = e.ready.load(std::memory_order_acquire);  // being filled: a few stores
+        if (e.key == ep) return e.state;
+    }
+    return other_;
+}
+
+void DestinationState::reset() {
+    for (auto* c : {&connects, &failures, &leaks, &reaped, &reaped_logged}) c->store(0, std::memory_order_relaxed);
+    consecutive_failures.store(0, std::memory_order_relaxed);
+    backoff_until_ns.store(0, std::memory_order_relaxed);
+    next_rate_slot_ns.store(0, std::memory_order_relaxed);
+}
+
+void Destinations::reset() {
+    for (auto& e : entries_) {
+        e.ready.store(0, std::memory_order_relaxed);
+        e.state.reset();
+    }
+    other_.reset();
+}
+
+std::int64_t backoff_delay_ns(const Backoff& b, std::uint32_t failures, double random01) {
+    if (failures == 0) return 0;
+    double delay = static_cast<double>(b.min_ns) * std::ldexp(1.0, static_cast<int>(std::min(failures - 1, 62u)));
+    delay = std::min(delay, static_cast<double>(b.max_ns));
+    double jitter = 0.5 + 0.5 * std::clamp(random01, 0.0, 0.999999);
+    return std::max<std::int64_t>(static_cast<std::int64_t>(delay * jitter), 1);
+}
+
+void record_failure(DestinationState& d, const Backoff& b, std::int64_t now_ns, double random01) {
+    d.failures.fetch_add(1, std::memory_order_relaxed);
+    std::uint32_t n = d.consecutive_failures.fetch_add(1, std::memory_order_acq_rel) + 1;
+    std::int64_t until = now_ns + backoff_delay_ns(b, n, random01);
+    std::int64_t seen = d.backoff_until_ns.load(std::memory_order_relaxed);
+    while (until > seen && !d.backoff_until_ns.compare_exchange_weak(seen, until, std::memory_order_acq_rel)) {
+    }
+}
+
+void record_success(DestinationState& d) {
+    d.consecutive_failures.store(0, std::memory_order_release);
+    d.backoff_until_ns.store(0, std::memory_order_release);
+}
+
+std::int64_t reserve_rate_slot(DestinationState& d, double per_second, std::int64_t now_ns) {
+    const auto interval = static_cast<std::int64_t>(1e9 / per_second);
+    std::int64_t slot = d.next_rate_slot_ns.load(std::memory_order_acquire);
+    for (;;) {
+        std::int64_t mine = std::max(slot, now_ns);
+        if (d.next_rate_slot_ns.compare_exchange_weak(slot, mine + interval, std::memory_order_acq_rel))
+            return mine - now_ns;
+    }
+}
+
+std::uint64_t data_bytes_received(TcpState state, std::uint64_t bytes_received) {
+    bool fin_in = state == TcpState::CloseWait || state == TcpState::LastAck || state == TcpState::Closing ||
+                  state == TcpState::TimeWait;
+    return fin_in && bytes_received > 0 ? bytes_received - 1 : bytes_received;
+}
+
+bool looks_abandoned(const ConnectionUse& use) {
+    if (use.age_ns < kAbandonAgeNs || use.bytes_sent != 0) return false;
+    bool never_read = use.unread == use.bytes_received;
+    if (!never_read) return false;
+    if (use.state == TcpState::CloseWait || use.state == TcpState::LastAck) return true;
+    return use.state == TcpState::Established && use.unread > 0;
+}
+
+bool carried_data(const ConnectionUse& use) {
+    bool read_something = use.bytes_received > use.unread;
+    return read_something || use.bytes_sent > 0;
+}
+
+}  // namespace tcpfix::policy

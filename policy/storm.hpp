@@ -1,0 +1,105 @@
+// Reconnect storms (incident 001): per-destination pacing and the signs of a
+// leaking client. Pure: the clock and the randomness come in as arguments, so
+// the schedule is testable exactly.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "policy/config.hpp"
+#include "policy/net.hpp"
+#include "policy/close.hpp"
+
+namespace tcpfix::policy {
+
+// What tcpfix keeps per destination. Lock-free: a signal handler may connect.
+struct DestinationState {
+    std::atomic<std::uint64_t> connects{0};
+    std::atomic<std::uint64_t> failures{0};  // errors and abandoned connections
+    std::atomic<std::uint64_t> leaks{0};     // connections the application abandoned
+    std::atomic<std::uint64_t> reaped{0};    // ... shut down in CLOSE_WAIT to free their port
+    std::atomic<std::uint64_t> reaped_logged{0};  // reaped count already reported in the log
+    std::atomic<std::uint32_t> consecutive_failures{0};
+    std::atomic<std::int64_t> backoff_until_ns{0};  // no connect before this
+    std::atomic<std::int64_t> next_rate_slot_ns{0};  // TCPFIX_CONNECT_RATE's schedule
+
+    void reset();
+};
+
+// A bounded table of destinations; past its size every new destination
+// shares one "other" entry (destination family 0).
+class Destinations {
+public:
+    static constexpr int kSize = 256;
+
+    // The state for ep, created on first use. Never null.
+    DestinationState& get(const Endpoint& ep);
+
+    // Calls f(endpoint, state) for every destination in use, "other" last.
+    template <typename F>
+    void for_each(F&& f) const {
+        for (const auto& e : entries_)
+            if (e.ready.load(std::memory_order_acquire) == 2) f(e.key, e.state);
+        if (other_.connects.load(std::memory_order_relaxed) != 0) f(Endpoint{}, other_);
+    }
+    template <typename F>
+    void for_each(F&& f) {
+        for (auto& e : entries_)
+            if (e.ready.load(std::memory_order_acquire) == 2) f(e.key, e.state);
+        if (other_.connects.load(std::memory_order_relaxed) != 0) f(Endpoint{}, other_);
+    }
+
+    void reset();
+
+private:
+    struct Entry {
+        std::atomic<int> ready{0};  // 0 free, 1 being filled, 2 ready
+        Endpoint key;
+        DestinationState state;
+    };
+    Entry entries_[kSize];
+    DestinationState other_;
+};
+
+// The wait before the next connect after `failures` consecutive failures:
+// MIN doubling up to MAX, scaled by a jitter factor in [0.5, 1.0) taken from
+// `random01` in [0, 1) so that many clients do not retry in step.
+std::int64_t backoff_delay_ns(const Backoff& b, std::uint32_t failures, double random01);
+
+// A failed connect (or an abandoned connection) to this destination at `now`.
+void record_failure(DestinationState& d, const Backoff& b, std::int64_t now_ns, double random01);
+
+// A connection to this destination carried data: the backoff starts over.
+void record_success(DestinationState& d);
+
+// TCPFIX_CONNECT_RATE: reserves the next connect slot (spacing 1/rate, no
+// burst) and returns how long the caller must wait for it, from `now`.
+std::int64_t reserve_rate_slot(DestinationState& d, double per_second, std::int64_t now_ns);
+
+// How a connection has been used, from TCP_INFO and SIOCINQ.
+struct ConnectionUse {
+    TcpState state = TcpState::Unknown;
+    std::int64_t age_ns = 0;          // since tcpfix saw the connect
+    std::uint64_t bytes_received = 0;  // in-order data received
+    std::uint64_t bytes_sent = 0;      // data the application wrote
+    std::uint32_t unread = 0;          // received, not yet read by the application
+};
+
+// TCP_INFO's bytes_received counts the peer's FIN as one byte once it has
+// arrived; this is the data alone.
+std::uint64_t data_bytes_received(TcpState state, std::uint64_t bytes_received);
+
+// Connections younger than this are never judged: a pool that has just opened
+// several connections has not had time to use them.
+constexpr std::int64_t kAbandonAgeNs = 250'000'000;
+
+// True for a connection the application gave up on: older than
+// kAbandonAgeNs, nothing ever written, nothing ever read, and either the peer
+// spoke (its data sits unread) or the peer closed (CLOSE_WAIT). An idle pool
+// connection to a server that waits for the client to speak is not abandoned.
+bool looks_abandoned(const ConnectionUse& use);
+
+// True for a connection that carried data both ways or was read from.
+bool carried_data(const ConnectionUse& use);
+
+}  // namespace tcpfix::policy

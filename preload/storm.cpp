@@ -1,0 +1,214 @@
+// Reconnect storms (incident 001): pace connects per destination
+// (TCPFIX_RECONNECT_BACKOFF, TCPFIX_CONNECT_RATE), recognise connections the
+// application abandoned, and shut down sockets it left in CLOSE_WAIT
+// (TCPFIX_REAP_CLOSE_WAIT) so their ports go back to the system while the
+// descriptors stay the application's.
+//
+// The scan reads TCP_INFO of this process's matched connections. It runs
+// from matched connects, at most once per scan interval, and — only when
+// reaping is on — from the connect watchdog's thread at the same interval: a
+// process that leaked and stopped connecting still holds the ports, and only
+// a timer can give them back.
+#include "preload/storm.hpp"
+
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "preload/connect_policy.hpp"
+#include "preload/log.hpp"
+#include "preload/real.hpp"
+#include "preload/runtime.hpp"
+
+namespace tcpfix::storm {
+namespace {
+
+using runtime::call_errno;
+
+constexpr std::uint64_t kReapsLoggedOneByOne = 10;  // per destination, then summaries
+constexpr std::int64_t kSummaryEveryNs = 10'000'000'000;
+
+std::atomic<bool> g_scanning{false};
+std::atomic<std::int64_t> g_last_scan_ns{0};
+std::atomic<std::int64_t> g_last_summary_ns{0};
+
+double random01() {
+    thread_local std::uint64_t state = 0;
+    if (state == 0) state = static_cast<std::uint64_t>(runtime::now_ns()) ^ (static_cast<std::uint64_t>(runtime::pid()) << 32) ^ 0x9e3779b97f4a7c15ULL;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<double>(state >> 11) / 9007199254740992.0;
+}
+
+bool enabled() {
+    const auto& c = runtime::config();
+    return c.reconnect_backoff || c.reap_close_wait_ns;
+}
+
+bool read_use(int fd, const fdtable::Slot& s, std::int64_t now, policy::ConnectionUse& use) {
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (call_errno(real::getsockopt.get(), fd, IPPROTO_TCP, TCP_INFO, static_cast<void*>(&info), &len) != 0)
+        return false;
+    int unread = 0;
+    if (ioctl(fd, SIOCINQ, &unread) != 0) unread = 0;
+    use.state = static_cast<policy::TcpState>(info.tcpi_state);
+    use.age_ns = now - s.connect_start_ns;
+    use.bytes_received = policy::data_bytes_received(use.state, info.tcpi_bytes_received);
+    // tcpi_bytes_sent needs Linux 4.19; before it, bytes_acked is the best sign of a write.
+    use.bytes_sent = len >= offsetof(tcp_info, tcpi_bytes_sent) + sizeof info.tcpi_bytes_sent
+                         ? info.tcpi_bytes_sent
+                         : info.tcpi_bytes_acked;
+    use.unread = static_cast<std::uint32_t>(std::max(unread, 0));
+    return true;
+}
+
+void log_reaped(int fd, const fdtable::Slot& s, policy::DestinationState& d, const policy::ConnectionUse& use,
+                std::int64_t now) {
+    std::uint64_t reaped = d.reaped.load(std::memory_order_relaxed);
+    if (reaped <= kReapsLoggedOneByOne) {
+        d.reaped_logged.store(reaped, std::memory_order_relaxed);
+        log::at(policy::LogLevel::Warn,
+                "leak: fd {} to {} sat in CLOSE_WAIT (the peer closed, the application never did) "
+                "{} after its connect, {} unread bytes; shut down to free its port{}",
+                fd, s.dest, policy::format_duration(use.age_ns), use.unread,
+                reaped == kReapsLoggedOneByOne ? " (further leaks to it are summarised)" : "");
+        return;
+    }
+    std::int64_t last = g_last_summary_ns.load(std::memory_order_relaxed);
+    if (now - last >= kSummaryEveryNs && g_last_summary_ns.compare_exchange_strong(last, now)) summarise();
+}
+
+// Classifies one connection and reaps it if it has sat in CLOSE_WAIT too long.
+void scan_one(int fd, std::uint32_t index, std::int64_t now) {
+    const policy::Config& config = runtime::config();
+    fdtable::Slot& s = fdtable::slot(index);
+    std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    if ((flags & fdtable::kConnectCalled) == 0 || (flags & fdtable::kMatched) == 0 ||
+        (flags & (fdtable::kReaped | fdtable::kConnectPending)) != 0)
+        return;
+    bool judge = config.reconnect_backoff && (flags & fdtable::kJudged) == 0;
+    bool reap = config.reap_close_wait_ns && (flags & fdtable::kExplicitPort) == 0;
+    if (!judge && !reap) return;
+
+    // Never act on a descriptor the application is closing: close() takes the
+    // number out of the table first, then waits for busy to clear.
+    s.busy.store(1, std::memory_order_seq_cst);
+    if (fdtable::lookup(fd) == index) {
+        policy::ConnectionUse use;
+        if (read_use(fd, s, now, use)) {
+            policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+            if (judge && policy::looks_abandoned(use)) {
+                s.flags.fetch_or(fdtable::kJudged | fdtable::kAbandoned, std::memory_order_acq_rel);
+                policy::bump(d.leaks);
+                policy::record_failure(d, *config.reconnect_backoff, now, random01());
+                log::at(policy::LogLevel::Info, "fd {} to {}: abandoned by the application ({} unread bytes, nothing written)",
+                        fd, s.dest, use.unread);
+            } else if (judge && policy::carried_data(use)) {
+                s.flags.fetch_or(fdtable::kJudged, std::memory_order_acq_rel);
+                policy::record_success(d);
+            }
+            if (reap && use.state == policy::TcpState::CloseWait) {
+                if ((flags & fdtable::kCloseWaitSeen) == 0) {
+                    s.close_wait_seen_ns = now;
+                    s.flags.fetch_or(fdtable::kCloseWaitSeen, std::memory_order_acq_rel);
+                } else if (now - s.close_wait_seen_ns >= *config.reap_close_wait_ns &&
+                           call_errno(::shutdown, fd, SHUT_RDWR) == 0) {
+                    s.flags.fetch_or(fdtable::kReaped, std::memory_order_acq_rel);
+                    if ((s.flags.load() & fdtable::kAbandoned) == 0) policy::bump(d.leaks);
+                    policy::bump(d.reaped);
+                    policy::bump(runtime::counters().close_wait_reaped);
+                    log_reaped(fd, s, d, use, now);
+                }
+            }
+        }
+    }
+    s.busy.store(0, std::memory_order_seq_cst);
+}
+
+// Sleeps until `until`; false when a signal should end the wait with EINTR.
+bool sleep_until(std::int64_t until, bool nonblocking) {
+    for (;;) {
+        std::int64_t left = until - runtime::now_ns();
+        if (left <= 0) return true;
+        timespec ts{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
+        if (nanosleep(&ts, nullptr) == 0) return true;
+        if (errno != EINTR) return true;
+        if (!nonblocking && !connect_policy::handlers_restart()) return false;
+    }
+}
+
+}  // namespace
+
+std::int64_t scan_interval_ns() {
+    const auto& c = runtime::config();
+    std::int64_t interval = 50'000'000;
+    if (c.reap_close_wait_ns) interval = std::clamp<std::int64_t>(*c.reap_close_wait_ns / 4, 10'000'000, 1'000'000'000);
+    return interval;
+}
+
+void scan(std::int64_t now) {
+    if (!enabled()) return;
+    if (g_scanning.exchange(true, std::memory_order_acquire)) return;
+    runtime::ErrnoGuard keep_errno;
+    g_last_scan_ns.store(now, std::memory_order_relaxed);
+    fdtable::for_each(0, fdtable::kMaxFd - 1, [now](int fd, std::uint32_t index) {
+        if (index != fdtable::kOwned) scan_one(fd, index, now);
+    });
+    g_scanning.store(false, std::memory_order_release);
+}
+
+std::int64_t on_timer(std::int64_t now) {
+    if (!runtime::config().reap_close_wait_ns) return INT64_MAX;
+    std::int64_t next = g_last_scan_ns.load(std::memory_order_relaxed) + scan_interval_ns();
+    if (now >= next) {
+        scan(now);
+        next = now + scan_interval_ns();
+    }
+    return next;
+}
+
+int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
+    const policy::Config& config = runtime::config();
+    if (!enabled() && !config.connect_rate_per_s) return 0;
+    std::int64_t now = runtime::now_ns();
+    if (enabled()) {
+        if (config.reap_close_wait_ns) connect_policy::start_timer();
+        if (now - g_last_scan_ns.load(std::memory_order_relaxed) >= scan_interval_ns()) scan(now);
+    }
+    policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+    std::int64_t until = now;
+    if (config.reconnect_backoff) until = std::max(until, d.backoff_until_ns.load(std::memory_order_acquire));
+    if (config.connect_rate_per_s) until = std::max(until, now + policy::reserve_rate_slot(d, *config.connect_rate_per_s, until));
+    if (until <= now) return 0;
+    log::at(policy::LogLevel::Debug, "connect fd {} to {}: paced, waiting {}", fd, s.dest,
+            policy::format_duration(until - now));
+    bool done = sleep_until(until, nonblocking);
+    policy::bump(runtime::counters().throttled_ms, static_cast<std::uint64_t>((runtime::now_ns() - now) / 1'000'000));
+    return done ? 0 : -EINTR;
+}
+
+void after_failure(const fdtable::Slot& s) {
+    const policy::Config& config = runtime::config();
+    if (!config.reconnect_backoff || (s.flags.load(std::memory_order_relaxed) & fdtable::kMatched) == 0) return;
+    policy::record_failure(runtime::counters().destinations.get(s.dest), *config.reconnect_backoff,
+                           runtime::now_ns(), random01());
+}
+
+void summarise() {
+    runtime::counters().destinations.for_each([](const policy::Endpoint& ep, policy::DestinationState& d) {
+        std::uint64_t reaped = d.reaped.load(std::memory_order_relaxed);
+        if (reaped <= d.reaped_logged.load(std::memory_order_relaxed)) return;
+        d.reaped_logged.store(reaped, std::memory_order_relaxed);
+        log::at(policy::LogLevel::Warn, "{}: {} sockets leaked by the application in CLOSE_WAIT, reaped", ep, reaped);
+    });
+}
+
+}  // namespace tcpfix::storm

@@ -1,0 +1,28 @@
+// Reconnect storms (incident 001): pacing, abandonment, CLOSE_WAIT reaping.
+#pragma once
+
+#include <cstdint>
+
+#include "preload/fdtable.hpp"
+
+namespace tcpfix::storm {
+
+// Before a matched connect: scans if due, then waits out the destination's
+// backoff and rate slot. Returns 0, or -EINTR when a signal ends the wait of
+// a blocking caller as it would end a blocking connect.
+int before_connect(int fd, fdtable::Slot& s, bool nonblocking);
+
+// A matched connect to s.dest failed (from connect() or SO_ERROR).
+void after_failure(const fdtable::Slot& s);
+
+// Classifies this process's matched connections and reaps CLOSE_WAIT ones.
+void scan(std::int64_t now_ns);
+std::int64_t scan_interval_ns();
+
+// The watchdog thread's tick: scans when due; returns when it wants the next.
+std::int64_t on_timer(std::int64_t now_ns);
+
+// Logs one line per destination with sockets reaped since its last line.
+void summarise();
+
+}  // namespace tcpfix::storm
