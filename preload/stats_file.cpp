@@ -64,15 +64,20 @@ bool would_clobber_with_nothing() {
            (st.st_mtim.tv_sec == g_started.tv_sec && st.st_mtim.tv_nsec >= g_started.tv_nsec);
 }
 
+// Big enough for every destination the table holds; static rather than on
+// the stack (this runs on the close path, on whatever stack the caller has),
+// and only ever used under g_writing.
+char g_json[65536];
+
 void write_file() {
-    char json[16384];
+    char* json = g_json;
     policy::StatsContext ctx;
     ctx.tag = runtime::config().tag;
     ctx.pid = runtime::pid();
     ctx.policy_json = std::string_view(g_policy_json, g_policy_json_len);
     ctx.source_addr_names = g_source_names;
     ctx.source_addr_count = g_source_count;
-    std::size_t n = policy::render_stats_json(runtime::counters(), ctx, json, sizeof json);
+    std::size_t n = policy::render_stats_json(runtime::counters(), ctx, json, sizeof g_json);
     if (n == 0 || would_clobber_with_nothing()) return;
     char tmp[PATH_MAX + 32];
     auto r = fmt::format_to_n(tmp, sizeof tmp - 1, "{}.tmp.{}", g_path, runtime::pid());

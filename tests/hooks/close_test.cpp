@@ -3,6 +3,7 @@
 // connection: FIN means a normal close, RST means tcpfix's abortive close.
 #include <gtest/gtest.h>
 #include <linux/close_range.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -301,6 +302,25 @@ TEST_F(Rst, ADescriptorReusedByAFileRightAfterASocketIsAPlainFile) {
     EXPECT_EQ(close(f), 0);
     EXPECT_EQ(errno, 0);
     close(s);
+}
+
+// Descriptors far up the table (another chunk of it). Above 65536 where the
+// hard limit can be raised; machines without CAP_SYS_RESOURCE (this project's
+// CI caps RLIMIT_NOFILE at 20000) use the highest descriptor they allow.
+TEST_F(Rst, HighDescriptorsAreTracked) {
+    rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    rlimit raised{100000, std::max<rlim_t>(old.rlim_max, 100000)};
+    int high = setrlimit(RLIMIT_NOFILE, &raised) == 0 ? 70000 : static_cast<int>(old.rlim_cur) - 1;
+    ASSERT_GT(high, 4096) << "the test needs descriptors beyond the table's first chunk";
+    auto [c, s] = listener.connect_pair();
+    ASSERT_EQ(dup2(c, high), high);
+    ASSERT_EQ(close(c), 0);
+    EXPECT_ENDING(read_until_end(s, 100), Ending::StillOpen);
+    ASSERT_EQ(close(high), 0);
+    EXPECT_ENDING(read_until_end(s), Ending::Rst);
+    close(s);
+    setrlimit(RLIMIT_NOFILE, &old);
 }
 
 TEST_F(Rst, ThreadsClosingConcurrentlyAllEndWithRst) {
