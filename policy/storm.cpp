@@ -27,7 +27,7 @@ DestinationState& Destinations::get(const Endpoint& ep) {
 void DestinationState::reset() {
     for (auto* c : {&connects, &failures, &leaks, &reaped, &reaped_logged}) c->store(0, std::memory_order_relaxed);
     consecutive_failures.store(0, std::memory_order_relaxed);
-    backoff_until_ns.store(0, std::memory_order_relaxed);
+    backoff_next_ns.store(0, std::memory_order_relaxed);
     next_rate_slot_ns.store(0, std::memory_order_relaxed);
 }
 
@@ -51,14 +51,26 @@ void record_failure(DestinationState& d, const Backoff& b, std::int64_t now_ns, 
     d.failures.fetch_add(1, std::memory_order_relaxed);
     std::uint32_t n = d.consecutive_failures.fetch_add(1, std::memory_order_acq_rel) + 1;
     std::int64_t until = now_ns + backoff_delay_ns(b, n, random01);
-    std::int64_t seen = d.backoff_until_ns.load(std::memory_order_relaxed);
-    while (until > seen && !d.backoff_until_ns.compare_exchange_weak(seen, until, std::memory_order_acq_rel)) {
+    std::int64_t seen = d.backoff_next_ns.load(std::memory_order_relaxed);
+    while (until > seen && !d.backoff_next_ns.compare_exchange_weak(seen, until, std::memory_order_acq_rel)) {
     }
 }
 
 void record_success(DestinationState& d) {
     d.consecutive_failures.store(0, std::memory_order_release);
-    d.backoff_until_ns.store(0, std::memory_order_release);
+    d.backoff_next_ns.store(0, std::memory_order_release);
+}
+
+std::int64_t reserve_backoff_slot(DestinationState& d, const Backoff& b, std::int64_t now_ns, double random01) {
+    std::uint32_t n = d.consecutive_failures.load(std::memory_order_acquire);
+    if (n == 0) return 0;
+    std::int64_t delay = backoff_delay_ns(b, n, random01);
+    std::int64_t next = d.backoff_next_ns.load(std::memory_order_acquire);
+    for (;;) {
+        std::int64_t mine = std::max(next, now_ns);
+        if (d.backoff_next_ns.compare_exchange_weak(next, mine + delay, std::memory_order_acq_rel))
+            return mine - now_ns;
+    }
 }
 
 std::int64_t reserve_rate_slot(DestinationState& d, double per_second, std::int64_t now_ns) {

@@ -20,7 +20,7 @@ struct DestinationState {
     std::atomic<std::uint64_t> reaped{0};    // ... shut down in CLOSE_WAIT to free their port
     std::atomic<std::uint64_t> reaped_logged{0};  // reaped count already reported in the log
     std::atomic<std::uint32_t> consecutive_failures{0};
-    std::atomic<std::int64_t> backoff_until_ns{0};  // no connect before this
+    std::atomic<std::int64_t> backoff_next_ns{0};  // while failing: the next connect's earliest start
     std::atomic<std::int64_t> next_rate_slot_ns{0};  // TCPFIX_CONNECT_RATE's schedule
 
     void reset();
@@ -66,11 +66,20 @@ private:
 // `random01` in [0, 1) so that many clients do not retry in step.
 std::int64_t backoff_delay_ns(const Backoff& b, std::uint32_t failures, double random01);
 
-// A failed connect (or an abandoned connection) to this destination at `now`.
+// A failed connect (or an abandoned connection) to this destination at `now`:
+// one more consecutive failure, and no connect before now + its delay.
 void record_failure(DestinationState& d, const Backoff& b, std::int64_t now_ns, double random01);
 
 // A connection to this destination carried data: the backoff starts over.
 void record_success(DestinationState& d);
+
+// TCPFIX_RECONNECT_BACKOFF: while the destination has failures not yet
+// cleared by a success, every connect to it takes the next start time, one
+// current delay after the previous one; returns how long the caller waits.
+// A failure is often seen only later (an abandoned connection is judged at
+// 250 ms), so the spacing must hold for every connect, not just the first
+// after a failure. 0 when the destination is healthy.
+std::int64_t reserve_backoff_slot(DestinationState& d, const Backoff& b, std::int64_t now_ns, double random01);
 
 // TCPFIX_CONNECT_RATE: reserves the next connect slot (spacing 1/rate, no
 // burst) and returns how long the caller must wait for it, from `now`.

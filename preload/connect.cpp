@@ -181,11 +181,12 @@ int do_getsockopt(int fd, int level, int name, void* value, socklen_t* len) {
         count_failure(s, err);
         return r;
     }
-    // 0: connected, or still in progress for a caller asking early.
+    // 0: connected (the peer may even have closed already), or still in
+    // progress for a caller asking early.
     tcp_info info{};
     socklen_t info_len = sizeof info;
     if (call_errno(real::getsockopt.get(), fd, IPPROTO_TCP, TCP_INFO, static_cast<void*>(&info), &info_len) == 0 &&
-        info.tcpi_state == TCP_ESTABLISHED) {
+        info.tcpi_state != TCP_SYN_SENT && info.tcpi_state != TCP_SYN_RECV) {
         s.flags.fetch_and(~fdtable::kConnectPending, std::memory_order_acq_rel);
         connect_policy::disarm(index, s);
         runtime::counters().connect_latency.record_ns(runtime::now_ns() - s.connect_start_ns);

@@ -34,8 +34,11 @@ using runtime::call_errno;
 constexpr std::uint64_t kReapsLoggedOneByOne = 10;  // per destination, then summaries
 constexpr std::int64_t kSummaryEveryNs = 10'000'000'000;
 
+constexpr std::int64_t kJudgeEveryNs = 50'000'000;
+
 std::atomic<bool> g_scanning{false};
-std::atomic<std::int64_t> g_last_scan_ns{0};
+std::atomic<std::int64_t> g_last_judge_ns{0};
+std::atomic<std::int64_t> g_last_reap_ns{0};
 std::atomic<std::int64_t> g_last_summary_ns{0};
 
 double random01() {
@@ -86,16 +89,19 @@ void log_reaped(int fd, const fdtable::Slot& s, policy::DestinationState& d, con
     if (now - last >= kSummaryEveryNs && g_last_summary_ns.compare_exchange_strong(last, now)) summarise();
 }
 
-// Classifies one connection and reaps it if it has sat in CLOSE_WAIT too long.
-void scan_one(int fd, std::uint32_t index, std::int64_t now) {
+// Classifies one connection (`judging`) and reaps it if it has sat in
+// CLOSE_WAIT too long (`reaping`).
+void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool reaping) {
     const policy::Config& config = runtime::config();
     fdtable::Slot& s = fdtable::slot(index);
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    // A connect still pending is in SYN_SENT: neither abandoned nor in
+    // CLOSE_WAIT, whatever its flag says (the application may never read SO_ERROR).
     if ((flags & fdtable::kConnectCalled) == 0 || (flags & fdtable::kMatched) == 0 ||
-        (flags & (fdtable::kReaped | fdtable::kConnectPending)) != 0)
+        (flags & fdtable::kReaped) != 0)
         return;
-    bool judge = config.reconnect_backoff && (flags & fdtable::kJudged) == 0;
-    bool reap = config.reap_close_wait_ns && (flags & fdtable::kExplicitPort) == 0;
+    bool judge = judging && config.reconnect_backoff && (flags & fdtable::kJudged) == 0;
+    bool reap = reaping && config.reap_close_wait_ns && (flags & fdtable::kExplicitPort) == 0;
     if (!judge && !reap) return;
 
     // Never act on a descriptor the application is closing: close() takes the
@@ -149,30 +155,29 @@ bool sleep_until(std::int64_t until, bool nonblocking) {
 
 std::int64_t scan_interval_ns() {
     const auto& c = runtime::config();
-    std::int64_t interval = 50'000'000;
-    if (c.reap_close_wait_ns) interval = std::clamp<std::int64_t>(*c.reap_close_wait_ns / 4, 10'000'000, 1'000'000'000);
-    return interval;
+    if (!c.reap_close_wait_ns) return kJudgeEveryNs;
+    return std::clamp<std::int64_t>(*c.reap_close_wait_ns / 4, 10'000'000, 1'000'000'000);
 }
 
 void scan(std::int64_t now) {
-    if (!enabled()) return;
+    const policy::Config& config = runtime::config();
+    bool judging = config.reconnect_backoff && now - g_last_judge_ns.load(std::memory_order_relaxed) >= kJudgeEveryNs;
+    bool reaping = config.reap_close_wait_ns && now - g_last_reap_ns.load(std::memory_order_relaxed) >= scan_interval_ns();
+    if (!judging && !reaping) return;
     if (g_scanning.exchange(true, std::memory_order_acquire)) return;
     runtime::ErrnoGuard keep_errno;
-    g_last_scan_ns.store(now, std::memory_order_relaxed);
-    fdtable::for_each(0, fdtable::kMaxFd - 1, [now](int fd, std::uint32_t index) {
-        if (index != fdtable::kOwned) scan_one(fd, index, now);
+    if (judging) g_last_judge_ns.store(now, std::memory_order_relaxed);
+    if (reaping) g_last_reap_ns.store(now, std::memory_order_relaxed);
+    fdtable::for_each(0, fdtable::kMaxFd - 1, [=](int fd, std::uint32_t index) {
+        if (index != fdtable::kOwned) scan_one(fd, index, now, judging, reaping);
     });
     g_scanning.store(false, std::memory_order_release);
 }
 
 std::int64_t on_timer(std::int64_t now) {
     if (!runtime::config().reap_close_wait_ns) return INT64_MAX;
-    std::int64_t next = g_last_scan_ns.load(std::memory_order_relaxed) + scan_interval_ns();
-    if (now >= next) {
-        scan(now);
-        next = now + scan_interval_ns();
-    }
-    return next;
+    scan(now);
+    return g_last_reap_ns.load(std::memory_order_relaxed) + scan_interval_ns();
 }
 
 int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
@@ -181,12 +186,13 @@ int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
     std::int64_t now = runtime::now_ns();
     if (enabled()) {
         if (config.reap_close_wait_ns) connect_policy::start_timer();
-        if (now - g_last_scan_ns.load(std::memory_order_relaxed) >= scan_interval_ns()) scan(now);
+        scan(now);
     }
     policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
     std::int64_t until = now;
-    if (config.reconnect_backoff) until = std::max(until, d.backoff_until_ns.load(std::memory_order_acquire));
-    if (config.connect_rate_per_s) until = std::max(until, now + policy::reserve_rate_slot(d, *config.connect_rate_per_s, until));
+    if (config.reconnect_backoff)
+        until += policy::reserve_backoff_slot(d, *config.reconnect_backoff, now, random01());
+    if (config.connect_rate_per_s) until += policy::reserve_rate_slot(d, *config.connect_rate_per_s, until);
     if (until <= now) return 0;
     log::at(policy::LogLevel::Debug, "connect fd {} to {}: paced, waiting {}", fd, s.dest,
             policy::format_duration(until - now));
