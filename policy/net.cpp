@@ -154,9 +154,7 @@ bool ambiguous_v6_port(std::string_view item) {
     if (item.find('/') != std::string_view::npos) return false;
     auto last = item.rfind(':');
     auto tail = item.substr(last + 1);
-    if (tail.empty() || !std::all_of(tail.begin(), tail.end(), [](char ch) {
-            return ch >= '0' && ch <= '9';
-        }))
+    if (tail.empty() || tail.find_first_not_of("0123456789") != std::string_view::npos)
         return false;
     auto head = item.substr(0, last);
     return head.find(':') != std::string_view::npos && parse_ip(head).has_value();

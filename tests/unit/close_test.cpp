@@ -1,0 +1,279 @@
+// The abortive-close decision (TCPFIX_CLOSE): every mode, every bookkeeping
+// flag, every TCP state, the FIN in SIOCOUTQ, and the bounded wait for ACKs.
+#include "policy/close.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+
+#include "test_util.hpp"
+
+namespace tcpfix::policy {
+namespace {
+
+using test::row_name;
+
+constexpr std::int64_t kMs = 1'000'000;
+
+const char* name_of(CloseAction a) {
+    switch (a) {
+        case CloseAction::Passthrough:
+            return "Passthrough";
+        case CloseAction::Probe:
+            return "Probe";
+        case CloseAction::Rst:
+            return "Rst";
+        case CloseAction::WaitForAck:
+            return "WaitForAck";
+        case CloseAction::GracefulUnsent:
+            return "GracefulUnsent";
+        case CloseAction::GracefulShared:
+            return "GracefulShared";
+    }
+    return "?";
+}
+
+// A connection this process made to a matched destination, sole descriptor.
+SocketBookkeeping ours() {
+    SocketBookkeeping b;
+    b.connect_called = true;
+    b.matched = true;
+    return b;
+}
+
+SocketBookkeeping ours_with(bool SocketBookkeeping::*flag, bool value) {
+    SocketBookkeeping b = ours();
+    b.*flag = value;
+    return b;
+}
+
+SocketProbe probe(TcpState state, std::uint32_t unacked = 0, std::uint32_t unsent = 0,
+                  std::uint32_t srtt_us = 50) {
+    SocketProbe p;
+    p.state = state;
+    p.unacked_bytes = unacked;
+    p.unsent_bytes = unsent;
+    p.srtt_us = srtt_us;
+    return p;
+}
+
+struct CloseCase {
+    std::string why;
+    CloseMode mode;
+    SocketBookkeeping book;
+    std::optional<SocketProbe> probe;
+    std::int64_t waited_ns;
+    CloseAction expected;
+};
+
+void PrintTo(const CloseCase& c, std::ostream* os) {
+    *os << c.why << " (expect " << name_of(c.expected) << ")";
+}
+
+class DecideClose : public ::testing::TestWithParam<CloseCase> {};
+
+TEST_P(DecideClose, Decides) {
+    const CloseCase& c = GetParam();
+    const SocketProbe* p = c.probe ? &*c.probe : nullptr;
+    CloseDecision d = decide_close(c.mode, c.book, p, c.waited_ns);
+    EXPECT_EQ(d.action, c.expected) << "got " << name_of(d.action) << " (" << d.reason << ")";
+    ASSERT_NE(d.reason, nullptr);
+    EXPECT_STRNE(d.reason, "") << "every decision says why (it is logged)";
+}
+
+CloseCase row(std::string why, CloseMode mode, SocketBookkeeping book, std::optional<SocketProbe> p,
+              std::int64_t waited, CloseAction expected) {
+    return {std::move(why), mode, book, p, waited, expected};
+}
+
+using A = CloseAction;
+using M = CloseMode;
+using S = TcpState;
+using B = SocketBookkeeping;
+
+// Budget for srtt 50 us: 2 * 50 us + 2 ms = 2.1 ms.
+constexpr std::int64_t kBudget50 = 2'100'000;
+
+INSTANTIATE_TEST_SUITE_P(
+    Modes, DecideClose,
+    ::testing::Values(
+        row("keep never acts", M::Keep, ours(), probe(S::Established), 0, A::Passthrough),
+        row("keep without probe", M::Keep, ours(), std::nullopt, 0, A::Passthrough),
+        row("keep even with unsent data", M::Keep, ours(), probe(S::Established, 9, 9), 0,
+            A::Passthrough),
+        row("rst always without probe", M::RstAlways, ours(), std::nullopt, 0, A::Rst),
+        row("rst always with unsent data", M::RstAlways, ours(), probe(S::Established, 9, 9), 0,
+            A::Rst),
+        row("rst always in close wait", M::RstAlways, ours(), probe(S::CloseWait), 0, A::Rst),
+        row("rst without probe asks for one", M::Rst, ours(), std::nullopt, 0, A::Probe),
+        row("rst established clean", M::Rst, ours(), probe(S::Established), 0, A::Rst)),
+    [](const auto& info) { return row_name(info.index, info.param.why); });
+
+INSTANTIATE_TEST_SUITE_P(
+    Bookkeeping, DecideClose,
+    ::testing::Values(row("rst not connected by us", M::Rst, ours_with(&B::connect_called, false),
+                          probe(S::Established), 0, A::Passthrough),
+                      row("rst always not connected by us", M::RstAlways,
+                          ours_with(&B::connect_called, false), std::nullopt, 0, A::Passthrough),
+                      row("rst not matched", M::Rst, ours_with(&B::matched, false),
+                          probe(S::Established), 0, A::Passthrough),
+                      row("rst always not matched", M::RstAlways, ours_with(&B::matched, false),
+                          std::nullopt, 0, A::Passthrough),
+                      row("rst default bookkeeping is not ours", M::Rst, SocketBookkeeping{},
+                          probe(S::Established), 0, A::Passthrough),
+                      row("rst not last reference", M::Rst, ours_with(&B::last_reference, false),
+                          probe(S::Established), 0, A::Passthrough),
+                      row("rst not last reference no probe", M::Rst,
+                          ours_with(&B::last_reference, false), std::nullopt, 0, A::Passthrough),
+                      row("rst always not last reference", M::RstAlways,
+                          ours_with(&B::last_reference, false), std::nullopt, 0, A::Rst),
+                      row("rst app set linger", M::Rst, ours_with(&B::app_set_linger, true),
+                          probe(S::Established), 0, A::Passthrough),
+                      row("rst always app set linger", M::RstAlways,
+                          ours_with(&B::app_set_linger, true), std::nullopt, 0, A::Rst),
+                      row("rst maybe shared after fork", M::Rst, ours_with(&B::maybe_shared, true),
+                          std::nullopt, 0, A::GracefulShared),
+                      row("rst maybe shared even if clean", M::Rst,
+                          ours_with(&B::maybe_shared, true), probe(S::Established), 0,
+                          A::GracefulShared),
+                      row("rst always maybe shared", M::RstAlways,
+                          ours_with(&B::maybe_shared, true), std::nullopt, 0, A::Rst),
+                      row(
+                          "rst shared and not last reference", M::Rst,
+                          [] {
+                              B b = ours_with(&B::maybe_shared, true);
+                              b.last_reference = false;
+                              return b;
+                          }(),
+                          std::nullopt, 0, A::Passthrough),
+                      row(
+                          "rst shared and app linger", M::Rst,
+                          [] {
+                              B b = ours_with(&B::maybe_shared, true);
+                              b.app_set_linger = true;
+                              return b;
+                          }(),
+                          std::nullopt, 0, A::Passthrough)),
+    [](const auto& info) { return row_name(info.index, info.param.why); });
+
+INSTANTIATE_TEST_SUITE_P(
+    States, DecideClose,
+    ::testing::Values(
+        row("established clean", M::Rst, ours(), probe(S::Established), 0, A::Rst),
+        row("established unsent", M::Rst, ours(), probe(S::Established, 10, 10), 0,
+            A::GracefulUnsent),
+        row("established unsent one byte", M::Rst, ours(), probe(S::Established, 1, 1), 0,
+            A::GracefulUnsent),
+        row("established unsent never waits", M::Rst, ours(), probe(S::Established, 10, 4), 0,
+            A::GracefulUnsent),
+        row("established unacked waits", M::Rst, ours(), probe(S::Established, 5), 0,
+            A::WaitForAck),
+        row("established unacked just inside budget", M::Rst, ours(), probe(S::Established, 5),
+            kBudget50 - 1, A::WaitForAck),
+        row("established unacked at budget", M::Rst, ours(), probe(S::Established, 5), kBudget50,
+            A::GracefulUnsent),
+        row("established unacked long after", M::Rst, ours(), probe(S::Established, 5), 1000 * kMs,
+            A::GracefulUnsent),
+        row("established acked after wait", M::Rst, ours(), probe(S::Established), 1 * kMs, A::Rst),
+        row("established slow rtt waits longer", M::Rst, ours(), probe(S::Established, 5, 0, 9000),
+            19 * kMs, A::WaitForAck),
+        row("established slow rtt capped", M::Rst, ours(), probe(S::Established, 5, 0, 9000),
+            20 * kMs, A::GracefulUnsent),
+
+        row("fin wait1 only the fin", M::Rst, ours(), probe(S::FinWait1, 1), 0, A::Rst),
+        row("fin wait1 zero no underflow", M::Rst, ours(), probe(S::FinWait1, 0), 0, A::Rst),
+        row("fin wait1 data and fin unacked", M::Rst, ours(), probe(S::FinWait1, 2), 0,
+            A::WaitForAck),
+        row("fin wait1 data unacked after budget", M::Rst, ours(), probe(S::FinWait1, 2), kBudget50,
+            A::GracefulUnsent),
+        row("fin wait1 fin unsent", M::Rst, ours(), probe(S::FinWait1, 1, 1), 0, A::GracefulUnsent),
+        row("fin wait1 data unsent", M::Rst, ours(), probe(S::FinWait1, 6, 6), 0,
+            A::GracefulUnsent),
+        row("fin wait2 clean", M::Rst, ours(), probe(S::FinWait2), 0, A::Rst),
+        row("fin wait2 counts every byte", M::Rst, ours(), probe(S::FinWait2, 1), 0, A::WaitForAck),
+
+        row("close wait", M::Rst, ours(), probe(S::CloseWait), 0, A::Passthrough),
+        row("close wait with unsent", M::Rst, ours(), probe(S::CloseWait, 4, 4), 0, A::Passthrough),
+        row("last ack", M::Rst, ours(), probe(S::LastAck, 1), 0, A::Passthrough),
+        row("closing", M::Rst, ours(), probe(S::Closing, 1), 0, A::Passthrough),
+        row("time wait", M::Rst, ours(), probe(S::TimeWait), 0, A::Passthrough),
+        row("close", M::Rst, ours(), probe(S::Close), 0, A::Passthrough),
+        row("syn sent", M::Rst, ours(), probe(S::SynSent), 0, A::Passthrough),
+        row("syn recv", M::Rst, ours(), probe(S::SynRecv), 0, A::Passthrough),
+        row("listen", M::Rst, ours(), probe(S::Listen), 0, A::Passthrough),
+        row("unknown", M::Rst, ours(), probe(S::Unknown), 0, A::Passthrough),
+        row("out of range state", M::Rst, ours(), probe(static_cast<S>(42)), 0, A::Passthrough)),
+    [](const auto& info) { return row_name(info.index, info.param.why); });
+
+// Only a close while the connection is still ours to end (ESTABLISHED, or
+// half-closed by us before the peer's FIN) avoids a TIME_WAIT by an RST.
+TEST(DecideCloseStates, OnlyActiveCloseStatesGetAnRst) {
+    for (int s = 0; s <= 12; ++s) {
+        auto state = static_cast<TcpState>(s);
+        SocketProbe p = probe(state);
+        bool active = state == TcpState::Established || state == TcpState::FinWait1 ||
+                      state == TcpState::FinWait2;
+        auto d = decide_close(CloseMode::Rst, ours(), &p, 0);
+        EXPECT_EQ(d.action, active ? CloseAction::Rst : CloseAction::Passthrough)
+            << "state " << s << ": " << name_of(d.action) << " (" << d.reason << ")";
+        // rst-always does not look at the state at all.
+        EXPECT_EQ(decide_close(CloseMode::RstAlways, ours(), &p, 0).action, CloseAction::Rst)
+            << "state " << s;
+    }
+}
+
+// The hook's loop: probe, wait while the ACK is due, then RST once it came.
+TEST(DecideCloseStates, WaitThenRstOnceAcked) {
+    SocketBookkeeping b = ours();
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, nullptr, 0).action, CloseAction::Probe);
+    SocketProbe in_flight = probe(TcpState::Established, 7, 0, 100);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &in_flight, 0).action, CloseAction::WaitForAck);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &in_flight, 1 * kMs).action, CloseAction::WaitForAck);
+    SocketProbe acked = probe(TcpState::Established, 0, 0, 100);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &acked, 1 * kMs).action, CloseAction::Rst);
+}
+
+// ---------------------------------------------------------------------------
+// ack_wait_budget_ns: 2 * srtt + 2 ms, at most 20 ms.
+
+struct BudgetCase {
+    std::uint32_t srtt_us;
+    std::int64_t budget_ns;
+};
+
+void PrintTo(const BudgetCase& c, std::ostream* os) {
+    *os << "srtt " << c.srtt_us << " us";
+}
+
+class AckWaitBudget : public ::testing::TestWithParam<BudgetCase> {};
+
+TEST_P(AckWaitBudget, Is) {
+    EXPECT_EQ(ack_wait_budget_ns(GetParam().srtt_us), GetParam().budget_ns);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, AckWaitBudget,
+    ::testing::Values(BudgetCase{0, 2 * kMs}, BudgetCase{1, 2'002'000}, BudgetCase{50, 2'100'000},
+                      BudgetCase{1000, 4 * kMs}, BudgetCase{8999, 19'998'000},
+                      BudgetCase{9000, 20 * kMs}, BudgetCase{9001, 20 * kMs},
+                      BudgetCase{200'000, 20 * kMs},
+                      BudgetCase{std::numeric_limits<std::uint32_t>::max(), 20 * kMs}),
+    [](const auto& info) { return "srtt_" + std::to_string(info.param.srtt_us) + "us"; });
+
+TEST(AckWaitBudgetBounds, StaysWithinTwoAndTwentyMsAndNeverShrinks) {
+    std::int64_t previous = 0;
+    for (std::uint64_t srtt = 0; srtt <= std::numeric_limits<std::uint32_t>::max();
+         srtt = srtt * 3 + 1) {
+        auto budget = ack_wait_budget_ns(static_cast<std::uint32_t>(srtt));
+        EXPECT_GE(budget, 2 * kMs) << srtt;
+        EXPECT_LE(budget, 20 * kMs) << srtt;
+        EXPECT_GE(budget, previous) << srtt;
+        previous = budget;
+    }
+}
+
+}  // namespace
+}  // namespace tcpfix::policy
