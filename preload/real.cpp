@@ -44,6 +44,10 @@ bool resolving() { return t_resolving; }
 void* resolve(const char* name, bool required) {
     t_resolving = true;
     void* fn = dlsym(RTLD_NEXT, name);
+    if (fn == nullptr) {
+        // LD_PRELOAD named libc before tcpfix: nothing comes "next", so ask libc itself.
+        if (void* libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD)) fn = dlsym(libc, name);
+    }
     t_resolving = false;
     if (fn == nullptr) {
         if (required) die("cannot find the real", name);
