@@ -134,6 +134,7 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     s.flags.store((flags & ~(fdtable::kMatched | fdtable::kConnectPending)) | set,
                   std::memory_order_release);
     auto& counters = runtime::counters();
+    if (counters.connects.load(std::memory_order_relaxed) == 0) stats_file::start_refresher();
     policy::bump(counters.connects);
     policy::bump(counters.destinations.get(*dest).connects);
     if (matched) policy::bump(counters.connects_matched);

@@ -25,6 +25,7 @@
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
+#include "preload/stats_file.hpp"
 #include "preload/storm.hpp"
 
 namespace tcpfix::connect_policy {
@@ -94,6 +95,7 @@ void* watchdog(void*) {
             e.state.store(kFree, std::memory_order_release);
         }
         next = std::min(next, storm::on_timer(now));
+        next = std::min(next, stats_file::on_timer(now));
         timespec ts{}, *timeout = nullptr;
         if (next != INT64_MAX) {
             std::int64_t wait = std::max<std::int64_t>(next - runtime::now_ns(), 0);
@@ -251,7 +253,9 @@ AttemptResult timed_connect(int fd, std::uint32_t index, fdtable::Slot& s, const
                 r = err == 0 ? 0 : -err;
                 break;
             }
-            if (n < 0 && errno == EINTR && !nonblocking && !handlers_restart()) {
+            // The kernel restarts a blocking connect only when its wait is
+            // unbounded: with the caller's own SO_SNDTIMEO a signal always ends it.
+            if (n < 0 && errno == EINTR && !nonblocking && (app_deadline != 0 || !handlers_restart())) {
                 // As without tcpfix: EINTR, and the handshake goes on in the background.
                 s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
                 r = -EINTR;

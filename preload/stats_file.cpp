@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <climits>
 #include <cstring>
 #include <ctime>
 #include <string>
 
 #include <fmt/format.h>
 
+#include "preload/connect_policy.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -24,6 +26,7 @@ constexpr std::int64_t kRefreshNs = 2'000'000'000;
 std::atomic<bool> g_enabled{false};
 std::atomic<bool> g_writing{false};
 std::atomic<std::int64_t> g_last_write_ns{0};
+std::atomic<std::uint64_t> g_activity_written{0};  // connects + closes as of the last write
 const std::string* g_template = nullptr;  // TCPFIX_STATS as given
 // {"TCPFIX_CLOSE":"rst",...}. A plain buffer: a static std::string would be
 // destroyed by exit() before the library's destructor writes the final stats.
@@ -112,6 +115,9 @@ void write_locked() {
     if (g_writing.exchange(true, std::memory_order_acquire)) return;  // someone else is at it
     runtime::ErrnoGuard keep_errno;
     g_last_write_ns.store(runtime::now_ns(), std::memory_order_relaxed);
+    const auto& c = runtime::counters();
+    g_activity_written.store(c.connects.load(std::memory_order_relaxed) + c.closes.load(std::memory_order_relaxed),
+                             std::memory_order_relaxed);
     write_file();
     g_writing.store(false, std::memory_order_release);
 }
@@ -162,6 +168,21 @@ void maybe_refresh() {
     std::int64_t now = runtime::now_ns();
     if (now - g_last_write_ns.load(std::memory_order_relaxed) < kRefreshNs) return;
     write_locked();
+}
+
+std::int64_t on_timer(std::int64_t now) {
+    if (!g_enabled.load(std::memory_order_relaxed)) return INT64_MAX;
+    std::int64_t last = g_last_write_ns.load(std::memory_order_relaxed);
+    if (now - last < kRefreshNs) return last + kRefreshNs;
+    // Only when something happened since the last write: an idle process stays quiet.
+    const auto& c = runtime::counters();
+    std::uint64_t activity = c.connects.load(std::memory_order_relaxed) + c.closes.load(std::memory_order_relaxed);
+    if (activity != g_activity_written.load(std::memory_order_relaxed)) write_locked();
+    return now + kRefreshNs;
+}
+
+void start_refresher() {
+    if (g_enabled.load(std::memory_order_relaxed)) connect_policy::start_timer();
 }
 
 void write_now() { write_locked(); }

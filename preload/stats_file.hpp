@@ -3,6 +3,8 @@
 // seconds, so a process killed by a signal still leaves recent counters.
 #pragma once
 
+#include <cstdint>
+
 #include "policy/config.hpp"
 
 namespace tcpfix::stats_file {
@@ -17,6 +19,14 @@ void after_fork_in_child();
 
 // Writes if the last write is more than the refresh interval ago.
 void maybe_refresh();
+
+// The watchdog thread's tick: refreshes a file whose counters moved since it
+// was written, so a process that went idle and is then killed by a signal
+// leaves its last counters. Returns when it wants the next tick.
+std::int64_t on_timer(std::int64_t now_ns);
+
+// Starts the watchdog thread for on_timer (once, at the first connect).
+void start_refresher();
 
 // Writes now (the exit handler).
 void write_now();

@@ -203,9 +203,11 @@ int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
 
 void after_failure(const fdtable::Slot& s) {
     const policy::Config& config = runtime::config();
-    if (!config.reconnect_backoff || (s.flags.load(std::memory_order_relaxed) & fdtable::kMatched) == 0) return;
-    policy::record_failure(runtime::counters().destinations.get(s.dest), *config.reconnect_backoff,
-                           runtime::now_ns(), random01());
+    policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+    if (config.reconnect_backoff && (s.flags.load(std::memory_order_relaxed) & fdtable::kMatched) != 0)
+        policy::record_failure(d, *config.reconnect_backoff, runtime::now_ns(), random01());
+    else
+        policy::bump(d.failures);  // counted for the stats all the same
 }
 
 void summarise() {
