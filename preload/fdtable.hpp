@@ -56,11 +56,13 @@ struct Slot {
     std::atomic<std::uint32_t> flags{0};
     std::atomic<std::uint32_t> next_free{0};
     std::uint32_t fork_epoch = 0;  // the process's fork count when the socket was made
-    std::uint32_t generation = 0;  // bumped each time the slot is reused
+    // Read by the watchdog thread while an application thread may reuse the
+    // slot, hence atomic.
+    std::atomic<std::uint32_t> generation{0};  // bumped each time the slot is reused
     int domain = 0;                // AF_INET or AF_INET6
     int type = 0;                  // SOCK_STREAM plus SOCK_NONBLOCK / SOCK_CLOEXEC as created
     policy::Endpoint dest;         // valid once kConnectCalled is set
-    std::int64_t connect_start_ns = 0;
+    std::atomic<std::int64_t> connect_start_ns{0};
     unsigned char bound_addr[28] = {};  // sockaddr_in / sockaddr_in6 of the application's bind()
     std::uint8_t bound_len = 0;
     std::uint8_t option_count = 0;
