@@ -100,10 +100,14 @@ std::size_t render_stats_json(const Counters& c, std::string_view tag, long pid,
 }
 
 int LatencyHistogram::bucket_of(std::int64_t ns) {
-    std::int64_t us = ns / 1000;
-    if (us < 1) return 0;
-    int exp = 63 - __builtin_clzll(static_cast<unsigned long long>(us));  // floor(log2(us))
-    int sub = exp >= 2 ? static_cast<int>((us >> (exp - 2)) & 3) : static_cast<int>((us << (2 - exp)) & 3);
+    if (ns < 1000) return 0;
+    // floor(log2(us)), then which quarter of [2^exp, 2^(exp+1)) us holds the value, in ns:
+    // below 4 us the quarters are not whole microseconds (1999 ns is in [1.75, 2), not [1, 1.25)).
+    auto us = static_cast<unsigned long long>(ns / 1000);
+    int exp = 63 - __builtin_clzll(us);
+    unsigned long long quarter_ns = 250ULL << exp;  // exp <= 53: no overflow
+    auto above_ns = static_cast<unsigned long long>(ns) - 4 * quarter_ns;
+    int sub = static_cast<int>(above_ns / quarter_ns);
     int b = 1 + exp * 4 + sub;
     return b < kBuckets ? b : kBuckets - 1;
 }
@@ -136,7 +140,9 @@ double LatencyHistogram::percentile_us(double fraction) const {
     std::uint64_t seen = 0;
     for (int b = 0; b < kBuckets; ++b) {
         seen += buckets_[b].load(std::memory_order_relaxed);
-        if (seen >= rank) return std::min(upper_bound_us(b), max_us());
+        if (seen < rank) continue;
+        // The last bucket also holds every value past its upper bound: only the maximum bounds it.
+        return b == kBuckets - 1 ? max_us() : std::min(upper_bound_us(b), max_us());
     }
     return max_us();
 }

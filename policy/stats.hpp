@@ -14,7 +14,8 @@
 namespace tcpfix::policy {
 
 // Connect latencies in log-linear buckets (4 per power of two, from 1 us):
-// lock-free to record, percentiles within ~19% of the true value.
+// lock-free to record; a percentile is at least the true value and at most
+// 25% above it.
 class LatencyHistogram {
 public:
     static constexpr int kBuckets = 4 * 40;
