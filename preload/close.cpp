@@ -8,6 +8,8 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 
+#include <fcntl.h>
+
 #include <algorithm>
 
 #include "policy/close.hpp"
@@ -74,6 +76,12 @@ void apply_close_policy(int fd, std::uint32_t index) {
     book.matched = (flags & fdtable::kMatched) != 0;
     book.last_reference = s.refs.load(std::memory_order_acquire) == 1;
     book.maybe_shared = s.fork_epoch != fdtable::fork_epoch();
+    if (!book.maybe_shared && s.spawn_epoch != fdtable::spawn_epoch()) {
+        // A program was spawned since the socket was made: it holds the socket
+        // unless the descriptor is close-on-exec.
+        int fd_flags = real::fcntl.get()(fd, F_GETFD);
+        book.maybe_shared = fd_flags < 0 || (fd_flags & FD_CLOEXEC) == 0;
+    }
     book.app_set_linger = (flags & fdtable::kAppLinger) != 0;
 
     policy::SocketProbe probe;
@@ -161,7 +169,8 @@ using namespace tcpfix;
 
 // Returns 0, or -1 with errno exactly as the real close() set it.
 extern "C" __attribute__((visibility("default"))) int close(int fd) {
-    if (runtime::active() && fdtable::lookup(fd) != 0) return runtime::to_c(hooks::do_close(fd));
+    if (runtime::active() && fdtable::lookup(fd) != 0 && !runtime::in_unannounced_child())
+        return runtime::to_c(hooks::do_close(fd));
     if (auto* fn = real::close.peek(); __builtin_expect(fn != nullptr, 1)) return fn(fd);
     if (real::resolving())  // dlsym re-entered us: no libc symbol to call yet
         return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close, fd)));
@@ -170,7 +179,7 @@ extern "C" __attribute__((visibility("default"))) int close(int fd) {
 
 // Returns 0, or -1 with errno exactly as the real close_range() set it.
 extern "C" __attribute__((visibility("default"))) int close_range(unsigned first, unsigned last, int flags) noexcept {
-    if (!runtime::active()) {
+    if (!runtime::active() || runtime::in_unannounced_child()) {
         if (auto* fn = real::close_range.get()) return fn(first, last, flags);
         return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close_range, first, last, flags)));
     }
@@ -179,7 +188,8 @@ extern "C" __attribute__((visibility("default"))) int close_range(unsigned first
 
 // Closes every descriptor from lowfd up, as glibc's closefrom() does.
 extern "C" __attribute__((visibility("default"))) void closefrom(int lowfd) noexcept {
-    if (runtime::active() && lowfd >= 0) hooks::take_range(static_cast<unsigned>(lowfd), ~0u);
+    if (runtime::active() && lowfd >= 0 && !runtime::in_unannounced_child())
+        hooks::take_range(static_cast<unsigned>(lowfd), ~0u);
     if (auto* fn = real::closefrom.get()) return fn(lowfd);
     (void)real::raw_syscall(SYS_close_range, lowfd, ~0u, 0);
 }

@@ -50,7 +50,7 @@ namespace {
 
 // fcntl and fcntl64 take their third argument as glibc does: one pointer-sized word.
 int fcntl_common(decltype(real::fcntl)& real_fn, int fd, int cmd, void* arg) {
-    if (runtime::active() && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
+    if (runtime::active() && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && !runtime::in_unannounced_child()) {
         int copy = runtime::call_errno(real_fn.get(), fd, cmd, static_cast<int>(reinterpret_cast<long>(arg)));
         if (copy >= 0) fdtable::share(fd, copy);
         return runtime::to_c(copy);
@@ -62,19 +62,19 @@ int fcntl_common(decltype(real::fcntl)& real_fn, int fd, int cmd, void* arg) {
 
 // Returns the new descriptor, or -1 with errno as the real dup() set it.
 extern "C" __attribute__((visibility("default"))) int dup(int fd) noexcept {
-    if (!runtime::active()) return real::dup.get()(fd);
+    if (!runtime::active() || runtime::in_unannounced_child()) return real::dup.get()(fd);
     return runtime::to_c(hooks::do_dup(fd));
 }
 
 // Returns `to`, or -1 with errno as the real dup2() set it.
 extern "C" __attribute__((visibility("default"))) int dup2(int from, int to) noexcept {
-    if (!runtime::active()) return real::dup2.get()(from, to);
+    if (!runtime::active() || runtime::in_unannounced_child()) return real::dup2.get()(from, to);
     return runtime::to_c(hooks::do_dup3(from, to, 0, true));
 }
 
 // Returns `to`, or -1 with errno as the real dup3() set it.
 extern "C" __attribute__((visibility("default"))) int dup3(int from, int to, int flags) noexcept {
-    if (!runtime::active()) return real::dup3.get()(from, to, flags);
+    if (!runtime::active() || runtime::in_unannounced_child()) return real::dup3.get()(from, to, flags);
     return runtime::to_c(hooks::do_dup3(from, to, flags, false));
 }
 

@@ -21,6 +21,7 @@ std::atomic<std::uint32_t> g_next_slot{1};  // 0 means "none"
 // Free-list head: low 32 bits the slot index, high 32 bits a tag against ABA.
 std::atomic<std::uint64_t> g_free_head{0};
 std::atomic<std::uint32_t> g_fork_epoch{0};
+std::atomic<std::uint32_t> g_spawn_epoch{0};
 
 void* map_zeroed(std::size_t bytes) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -103,6 +104,7 @@ std::uint32_t track_new(int fd, int domain, int type) {
     Slot& s = slot(index);
     s.flags.store(0, std::memory_order_relaxed);
     s.fork_epoch = fork_epoch();
+    s.spawn_epoch = spawn_epoch();
     s.generation++;
     s.domain = domain;
     s.type = type;
@@ -151,5 +153,9 @@ void release(std::uint32_t index) {
 std::uint32_t fork_epoch() { return g_fork_epoch.load(std::memory_order_acquire); }
 
 void bump_fork_epoch() { g_fork_epoch.fetch_add(1, std::memory_order_acq_rel); }
+
+std::uint32_t spawn_epoch() { return g_spawn_epoch.load(std::memory_order_acquire); }
+
+void bump_spawn_epoch() { g_spawn_epoch.fetch_add(1, std::memory_order_acq_rel); }
 
 }  // namespace tcpfix::fdtable

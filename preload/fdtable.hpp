@@ -55,7 +55,8 @@ struct Slot {
     std::int64_t close_wait_seen_ns = 0;
     std::atomic<std::uint32_t> flags{0};
     std::atomic<std::uint32_t> next_free{0};
-    std::uint32_t fork_epoch = 0;  // the process's fork count when the socket was made
+    std::uint32_t fork_epoch = 0;   // the process's fork count when the socket was made
+    std::uint32_t spawn_epoch = 0;  // ... and its count of programs spawned (exec'd children)
     // Read by the watchdog thread while an application thread may reuse the
     // slot, hence atomic.
     std::atomic<std::uint32_t> generation{0};  // bumped each time the slot is reused
@@ -119,6 +120,13 @@ void release(std::uint32_t index);
 // another process.
 std::uint32_t fork_epoch();
 void bump_fork_epoch();
+
+// The spawn epoch: bumped whenever this process starts a program in a child
+// without fork() handlers running (posix_spawn, system, popen, vfork + exec).
+// A socket made in an earlier spawn epoch and lacking FD_CLOEXEC may be held
+// by that program.
+std::uint32_t spawn_epoch();
+void bump_spawn_epoch();
 
 // Calls f(fd, index) for every tracked descriptor in [first, last], in order.
 template <typename F>

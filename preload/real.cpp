@@ -25,6 +25,14 @@ Symbol<void(int)> closefrom{"closefrom", false};
 Symbol<long(long, ...)> syscall{"syscall", true};
 Symbol<decltype(::setsockopt)> setsockopt{"setsockopt", true};
 Symbol<decltype(::getsockopt)> getsockopt{"getsockopt", true};
+Symbol<decltype(::posix_spawn)> posix_spawn{"posix_spawn", true};
+Symbol<decltype(::posix_spawnp)> posix_spawnp{"posix_spawnp", true};
+Symbol<decltype(::system)> system{"system", true};
+Symbol<decltype(::popen)> popen{"popen", true};
+Symbol<decltype(::execve)> execve{"execve", true};
+Symbol<decltype(::execv)> execv{"execv", true};
+Symbol<decltype(::execvp)> execvp{"execvp", true};
+Symbol<decltype(::execvpe)> execvpe{"execvpe", true};
 
 namespace {
 
@@ -77,6 +85,14 @@ void resolve_all() {
     (void)syscall.get();
     (void)setsockopt.get();
     (void)getsockopt.get();
+    (void)posix_spawn.get();
+    (void)posix_spawnp.get();
+    (void)system.get();
+    (void)popen.get();
+    (void)execve.get();
+    (void)execv.get();
+    (void)execvp.get();
+    (void)execvpe.get();
 }
 
 long raw_syscall(long n, long a1, long a2, long a3, long a4, long a5, long a6) {

@@ -6,6 +6,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -56,6 +59,14 @@ extern Symbol<void(int)> closefrom;
 extern Symbol<long(long, ...)> syscall;
 extern Symbol<decltype(::setsockopt)> setsockopt;
 extern Symbol<decltype(::getsockopt)> getsockopt;
+extern Symbol<decltype(::posix_spawn)> posix_spawn;
+extern Symbol<decltype(::posix_spawnp)> posix_spawnp;
+extern Symbol<decltype(::system)> system;
+extern Symbol<decltype(::popen)> popen;
+extern Symbol<decltype(::execve)> execve;
+extern Symbol<decltype(::execv)> execv;
+extern Symbol<decltype(::execvp)> execvp;
+extern Symbol<decltype(::execvpe)> execvpe;
 
 // Resolves every symbol (called from the constructor, so hooks are warm).
 void resolve_all();

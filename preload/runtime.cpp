@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <sys/auxv.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -61,6 +62,10 @@ long pid() {
         g_pid.store(p, std::memory_order_relaxed);
     }
     return p;
+}
+
+bool in_unannounced_child() {
+    return real::raw_syscall(SYS_getpid) != g_pid.load(std::memory_order_relaxed);
 }
 
 namespace {

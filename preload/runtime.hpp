@@ -28,6 +28,12 @@ policy::Counters& counters();
 // The process ID, refreshed after fork.
 long pid();
 
+// True in a child created without fork() handlers (vfork, posix_spawn's
+// clone, _Fork): it may share the parent's memory, so the hooks must leave
+// the table and the sockets alone there. Costs a getpid() system call: only
+// on paths that are about to act.
+bool in_unannounced_child();
+
 // Monotonic clock in nanoseconds.
 inline std::int64_t now_ns() {
     timespec ts;

@@ -17,6 +17,20 @@ T as(long v) {
     return reinterpret_cast<T>(v);
 }
 
+// Whether tcpfix handles system call n (cheap: most syscall() calls are not its business).
+bool hooked(long n) {
+    switch (n) {
+        case SYS_close: case SYS_close_range: case SYS_socket: case SYS_connect: case SYS_bind:
+        case SYS_accept: case SYS_accept4: case SYS_dup: case SYS_dup3: case SYS_fcntl:
+        case SYS_setsockopt: case SYS_getsockopt:
+#ifdef SYS_dup2
+        case SYS_dup2:
+#endif
+            return true;
+        default: return false;
+    }
+}
+
 // The hooked system calls, or false to leave the call to libc untouched.
 bool dispatch(long n, const long* a, long& result) {
     int r;
@@ -78,7 +92,7 @@ extern "C" __attribute__((visibility("default"))) long syscall(long n, ...) noex
     for (long& v : a) v = va_arg(ap, long);
     va_end(ap);
     long result;
-    if (runtime::active() && dispatch(n, a, result)) {
+    if (runtime::active() && hooked(n) && !runtime::in_unannounced_child() && dispatch(n, a, result)) {
         if (result < 0) {
             errno = static_cast<int>(-result);
             return -1;
