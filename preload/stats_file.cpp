@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "policy/prom.hpp"
 #include "preload/connect_policy.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
@@ -28,6 +29,7 @@ std::atomic<bool> g_writing{false};
 std::atomic<std::int64_t> g_last_write_ns{0};
 std::atomic<std::uint64_t> g_activity_written{0};  // connects + closes as of the last write
 const std::string* g_template = nullptr;  // TCPFIX_STATS as given
+bool g_prometheus = false;                 // ... ends in ".prom": exposition format, not JSON
 // {"TCPFIX_CLOSE":"rst",...}. A plain buffer: a static std::string would be
 // destroyed by exit() before the library's destructor writes the final stats.
 char g_policy_json[4096];
@@ -80,13 +82,22 @@ void write_file() {
     ctx.policy_json = std::string_view(g_policy_json, g_policy_json_len);
     ctx.source_addr_names = g_source_names;
     ctx.source_addr_count = g_source_count;
-    std::size_t n = policy::render_stats_json(runtime::counters(), ctx, json, sizeof g_json);
+    std::size_t n = g_prometheus ? policy::render_stats_prom(runtime::counters(), ctx,
+                                                             runtime::config().given, json,
+                                                             sizeof g_json)
+                                 : policy::render_stats_json(runtime::counters(), ctx, json,
+                                                             sizeof g_json);
     if (n == 0 || would_clobber_with_nothing()) return;
     char tmp[PATH_MAX + 32];
     auto r = fmt::format_to_n(tmp, sizeof tmp - 1, "{}.tmp.{}", g_path, runtime::pid());
     tmp[r.size < sizeof tmp - 1 ? r.size : sizeof tmp - 1] = '\0';
     unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    // A .prom file is there for another user (node_exporter's textfile
+    // collector), so it is 0644: its directory decides who reaches it. The
+    // temporary name does not end in .prom, so the collector never reads half
+    // a file. JSON stays 0600.
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                  g_prometheus ? 0644 : 0600);
     if (fd < 0) {
         log::at(policy::LogLevel::Warn, "cannot write TCPFIX_STATS {}: {}", tmp,
                 policy::errno_name(errno));
@@ -133,6 +144,7 @@ void init(const policy::Config& config, bool secure) {
         return;
     }
     g_template = &config.stats_path;
+    g_prometheus = policy::wants_prometheus(config.stats_path);
     std::string policy_json = "{";
     for (const auto& [name, value] : config.given) {
         if (policy_json.size() > 1) policy_json += ',';
