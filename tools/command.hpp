@@ -32,7 +32,6 @@ struct Command {
 Command add_run(CLI::App& parent);
 Command add_probe(CLI::App& parent);
 Command add_churn(CLI::App& parent);
-Command add_not_implemented(CLI::App& parent, std::string name, std::string description);
 
 // --NAME DURATION in the library's grammar (250ms, 2s, 500us; at most 1 h),
 // stored in nanoseconds. `fallback` is shown in --help as the default.

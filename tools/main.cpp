@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <exception>
 
+#include "tools/ab.hpp"
 #include "tools/command.hpp"
+#include "tools/doctor.hpp"
 
 #ifndef TCPFIX_VERSION
 #define TCPFIX_VERSION "0.1.0"  // keep in step with project(VERSION) in CMakeLists.txt
@@ -13,22 +15,6 @@
 
 namespace tcpfix::tools {
 namespace {
-
-Command add_not_implemented(CLI::App& parent, const std::string& name,
-                            const std::string& description) {
-    auto* app = parent.add_subcommand(name, description);
-    // Accept whatever the finished command will take, "--" and CMD included.
-    auto args = std::make_shared<std::vector<std::string>>();
-    app->add_option("ARGS", *args, "arguments (not yet used)");
-    app->allow_extras();
-    app->positionals_at_end();
-    app->footer("Not implemented yet in this version (exit status 3).");
-    return {app, [name, args] {
-                (void)args;  // captured to live as long as the parser that writes it
-                fmt::print(stderr, "tcpfix {}: not implemented yet in this version\n", name);
-                return kExitFailure;
-            }};
-}
 
 // The usage-error status of the subcommand being parsed (probe's differs).
 int usage_status(const std::vector<Command>& commands) {
@@ -45,9 +31,8 @@ int tcpfix_main(int argc, char** argv) {
         add_run(app),
         add_probe(app),
         add_churn(app),
-        add_not_implemented(app, "doctor",
-                            "Diagnose this host's TCP settings and sockets [HOST:PORT]"),
-        add_not_implemented(app, "ab", "Run CMD under two policy sets, alternating, and compare"),
+        add_doctor(app),
+        add_ab(app),
     };
     try {
         app.parse(argc, argv);
