@@ -20,6 +20,7 @@
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
 #include "preload/stats_file.hpp"
+#include "preload/storm.hpp"
 
 namespace tcpfix::hooks {
 namespace {
@@ -67,6 +68,7 @@ void apply_close_policy(int fd, std::uint32_t index) {
     fdtable::Slot& s = fdtable::slot(index);
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
     if ((flags & fdtable::kDeadlineArmed) != 0) connect_policy::disarm(index, s);
+    storm::on_close(fd, s);
     policy::bump(counters.closes);
     if (config.close == policy::CloseMode::Keep) return;
 

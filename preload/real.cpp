@@ -29,10 +29,10 @@ Symbol<decltype(::posix_spawn)> posix_spawn{"posix_spawn", true};
 Symbol<decltype(::posix_spawnp)> posix_spawnp{"posix_spawnp", true};
 Symbol<decltype(::system)> system{"system", true};
 Symbol<decltype(::popen)> popen{"popen", true};
-Symbol<decltype(::execve)> execve{"execve", true};
-Symbol<decltype(::execv)> execv{"execv", true};
-Symbol<decltype(::execvp)> execvp{"execvp", true};
-Symbol<decltype(::execvpe)> execvpe{"execvpe", true};
+Symbol<int(const char*, char* const[], char* const[])> execve{"execve", true};
+Symbol<int(const char*, char* const[])> execv{"execv", true};
+Symbol<int(const char*, char* const[])> execvp{"execvp", true};
+Symbol<int(const char*, char* const[], char* const[])> execvpe{"execvpe", true};
 
 namespace {
 

@@ -63,10 +63,10 @@ extern Symbol<decltype(::posix_spawn)> posix_spawn;
 extern Symbol<decltype(::posix_spawnp)> posix_spawnp;
 extern Symbol<decltype(::system)> system;
 extern Symbol<decltype(::popen)> popen;
-extern Symbol<decltype(::execve)> execve;
-extern Symbol<decltype(::execv)> execv;
-extern Symbol<decltype(::execvp)> execvp;
-extern Symbol<decltype(::execvpe)> execvpe;
+extern Symbol<int(const char*, char* const[], char* const[])> execve;
+extern Symbol<int(const char*, char* const[])> execv;
+extern Symbol<int(const char*, char* const[])> execvp;
+extern Symbol<int(const char*, char* const[], char* const[])> execvpe;
 
 // Resolves every symbol (called from the constructor, so hooks are warm).
 void resolve_all();

@@ -210,6 +210,19 @@ void after_failure(const fdtable::Slot& s) {
         policy::bump(d.failures);  // counted for the stats all the same
 }
 
+void on_close(int fd, fdtable::Slot& s) {
+    const policy::Config& config = runtime::config();
+    std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    if (!config.reconnect_backoff || (flags & fdtable::kConnectCalled) == 0 || (flags & fdtable::kMatched) == 0 ||
+        (flags & fdtable::kJudged) != 0)
+        return;
+    policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+    if (d.consecutive_failures.load(std::memory_order_relaxed) == 0) return;  // nothing to reset
+    runtime::ErrnoGuard keep_errno;
+    policy::ConnectionUse use;
+    if (read_use(fd, s, runtime::now_ns(), use) && policy::carried_data(use)) policy::record_success(d);
+}
+
 void summarise() {
     runtime::counters().destinations.for_each([](const policy::Endpoint& ep, policy::DestinationState& d) {
         std::uint64_t reaped = d.reaped.load(std::memory_order_relaxed);

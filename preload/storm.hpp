@@ -15,6 +15,10 @@ int before_connect(int fd, fdtable::Slot& s, bool nonblocking);
 // A matched connect to s.dest failed (from connect() or SO_ERROR).
 void after_failure(const fdtable::Slot& s);
 
+// A matched connection is being closed: if it carried data, its destination
+// is healthy again (short connections are usually gone before a scan sees them).
+void on_close(int fd, fdtable::Slot& s);
+
 // Classifies this process's matched connections and reaps CLOSE_WAIT ones.
 void scan(std::int64_t now_ns);
 std::int64_t scan_interval_ns();
