@@ -1,6 +1,7 @@
 #include "preload/stats_file.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -121,9 +122,15 @@ void write_file() {
     }
 }
 
-void write_locked() {
+// Writes unless another write is under way; with `wait`, waits for that one
+// to finish and then writes (the exit handler: the refresher thread dies at
+// exit mid-write, so its write cannot stand for the last one).
+void write_locked(bool wait = false) {
     if (!g_enabled.load(std::memory_order_acquire)) return;
-    if (g_writing.exchange(true, std::memory_order_acquire)) return;  // someone else is at it
+    while (g_writing.exchange(true, std::memory_order_acquire)) {
+        if (!wait) return;  // someone else is at it
+        sched_yield();
+    }
     runtime::ErrnoGuard keep_errno;
     g_last_write_ns.store(runtime::now_ns(), std::memory_order_relaxed);
     const auto& c = runtime::counters();
@@ -160,6 +167,7 @@ void init(const policy::Config& config, bool secure) {
         g_source_names[g_source_count++] = *new std::string(policy::to_string(ip));  // lives as long as the process
     }
     expand_path();
+    g_last_write_ns.store(runtime::now_ns(), std::memory_order_relaxed);  // first refresh one interval in
     g_enabled.store(true, std::memory_order_release);
 }
 
@@ -197,6 +205,6 @@ void start_refresher() {
     if (g_enabled.load(std::memory_order_relaxed)) connect_policy::start_timer();
 }
 
-void write_now() { write_locked(); }
+void write_now() { write_locked(true); }
 
 }  // namespace tcpfix::stats_file
