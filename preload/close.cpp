@@ -169,14 +169,26 @@ int do_close_range(unsigned first, unsigned last, int flags) {
 
 using namespace tcpfix;
 
-// Returns 0, or -1 with errno exactly as the real close() set it.
-extern "C" __attribute__((visibility("default"))) int close(int fd) {
-    if (runtime::active() && fdtable::lookup(fd) != 0 && !runtime::in_unannounced_child())
+namespace {
+
+// Everything but the common case, out of line so close() itself stays a
+// table lookup and a tail call.
+__attribute__((noinline, cold)) int close_slow(int fd) {
+    if (fdtable::lookup(fd) != 0 && runtime::active() && !runtime::in_unannounced_child())
         return runtime::to_c(hooks::do_close(fd));
-    if (auto* fn = real::close.peek(); __builtin_expect(fn != nullptr, 1)) return fn(fd);
-    if (real::resolving())  // dlsym re-entered us: no libc symbol to call yet
+    if (real::close.peek() == nullptr && real::resolving())  // dlsym re-entered us: no libc symbol yet
         return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close, fd)));
     return real::close.get()(fd);
+}
+
+}  // namespace
+
+// Returns 0, or -1 with errno exactly as the real close() set it. The table
+// is empty unless the library is active, so one lookup decides.
+extern "C" __attribute__((visibility("default"))) int close(int fd) {
+    auto* fn = real::close.peek();
+    if (__builtin_expect(fn != nullptr && fdtable::lookup(fd) == 0, 1)) return fn(fd);
+    return close_slow(fd);
 }
 
 // Returns 0, or -1 with errno exactly as the real close_range() set it.

@@ -201,7 +201,7 @@ using namespace tcpfix;
 
 // Returns 0, or -1 with errno exactly as the real connect() set it.
 extern "C" __attribute__((visibility("default"))) int connect(int fd, const sockaddr* addr, socklen_t len) {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::connect.get()(fd, addr, len);
+    if (!runtime::active()) return real::connect.get()(fd, addr, len);
     return runtime::to_c(hooks::do_connect(fd, addr, len));
 }
 

@@ -120,7 +120,6 @@ bool start_timer() {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
     pthread_t thread;
     int r = pthread_create(&thread, &attr, watchdog, nullptr);
     pthread_attr_destroy(&attr);
@@ -220,6 +219,11 @@ AttemptResult timed_connect(int fd, std::uint32_t index, fdtable::Slot& s, const
         return out;
     }
 
+    // A signal handler may close the descriptor (and the number be reused)
+    // while we wait: after every wait, act on it only if it is still ours.
+    const std::uint32_t generation = s.generation.load();
+    auto still_ours = [&] { return fdtable::lookup(fd) == index && s.generation.load() == generation; };
+
     std::int64_t app_deadline = 0;
     if (!nonblocking) {
         if (std::int64_t t = app_send_timeout_ns(fd); t > 0) app_deadline = start + t;
@@ -248,6 +252,14 @@ AttemptResult timed_connect(int fd, std::uint32_t index, fdtable::Slot& s, const
             timespec ts{static_cast<time_t>(wait / 1'000'000'000), static_cast<long>(wait % 1'000'000'000)};
             pollfd p{fd, POLLOUT, 0};
             int n = ppoll(&p, 1, &ts, nullptr);
+            int wait_errno = errno;
+            if (!still_ours()) {
+                // As the kernel: EINTR, or after a restart the call meets whatever
+                // the number is now. Nothing of ours to restore on it.
+                bool restart = wait_errno == EINTR && !nonblocking && app_deadline == 0 && handlers_restart();
+                out.result = restart ? call_errno(real::connect.get(), fd, addr, len) : -EINTR;
+                return out;
+            }
             if (n > 0) {
                 int err = so_error(fd);
                 r = err == 0 ? 0 : -err;
@@ -255,7 +267,7 @@ AttemptResult timed_connect(int fd, std::uint32_t index, fdtable::Slot& s, const
             }
             // The kernel restarts a blocking connect only when its wait is
             // unbounded: with the caller's own SO_SNDTIMEO a signal always ends it.
-            if (n < 0 && errno == EINTR && !nonblocking && (app_deadline != 0 || !handlers_restart())) {
+            if (n < 0 && wait_errno == EINTR && !nonblocking && (app_deadline != 0 || !handlers_restart())) {
                 // As without tcpfix: EINTR, and the handshake goes on in the background.
                 s.flags.fetch_or(fdtable::kConnectPending, std::memory_order_release);
                 r = -EINTR;

@@ -48,9 +48,16 @@ using namespace tcpfix;
 
 namespace {
 
+// The table changes only for tracked descriptors, and never from a child that
+// may share the parent's memory (vfork).
+bool acts_on(int a, int b) {
+    return runtime::active() && (fdtable::lookup(a) != 0 || fdtable::lookup(b) != 0) &&
+           !runtime::in_unannounced_child();
+}
+
 // fcntl and fcntl64 take their third argument as glibc does: one pointer-sized word.
 int fcntl_common(decltype(real::fcntl)& real_fn, int fd, int cmd, void* arg) {
-    if (runtime::active() && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && !runtime::in_unannounced_child()) {
+    if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && acts_on(fd, fd)) {
         int copy = runtime::call_errno(real_fn.get(), fd, cmd, static_cast<int>(reinterpret_cast<long>(arg)));
         if (copy >= 0) fdtable::share(fd, copy);
         return runtime::to_c(copy);
@@ -62,19 +69,19 @@ int fcntl_common(decltype(real::fcntl)& real_fn, int fd, int cmd, void* arg) {
 
 // Returns the new descriptor, or -1 with errno as the real dup() set it.
 extern "C" __attribute__((visibility("default"))) int dup(int fd) noexcept {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::dup.get()(fd);
+    if (!acts_on(fd, fd)) return real::dup.get()(fd);
     return runtime::to_c(hooks::do_dup(fd));
 }
 
 // Returns `to`, or -1 with errno as the real dup2() set it.
 extern "C" __attribute__((visibility("default"))) int dup2(int from, int to) noexcept {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::dup2.get()(from, to);
+    if (!acts_on(from, to)) return real::dup2.get()(from, to);
     return runtime::to_c(hooks::do_dup3(from, to, 0, true));
 }
 
 // Returns `to`, or -1 with errno as the real dup3() set it.
 extern "C" __attribute__((visibility("default"))) int dup3(int from, int to, int flags) noexcept {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::dup3.get()(from, to, flags);
+    if (!acts_on(from, to)) return real::dup3.get()(from, to, flags);
     return runtime::to_c(hooks::do_dup3(from, to, flags, false));
 }
 

@@ -37,12 +37,15 @@ std::atomic<long> g_pid{0};
 // (so experiments can be written against the full surface) and said so.
 constexpr std::string_view kNotYetApplied[] = {"(none)"};
 
-void prepare_fork() {
-    // Every socket that exists now will be held by two processes.
-    fdtable::bump_fork_epoch();
-}
+// Every socket that exists at the fork is held by two processes. Bumping
+// before and after (in both) also covers a socket another thread makes
+// between the prepare handler and the fork itself.
+void prepare_fork() { fdtable::bump_fork_epoch(); }
+
+void parent_after_fork() { fdtable::bump_fork_epoch(); }
 
 void child_after_fork() {
+    fdtable::bump_fork_epoch();
     g_pid.store(getpid(), std::memory_order_relaxed);
     g_counters.reset();
     stats_file::after_fork_in_child();
@@ -93,7 +96,7 @@ __attribute__((constructor(101))) void initialise() {
     bool secure = getauxval(AT_SECURE) != 0;
     log::init(*g_config, secure);
     stats_file::init(*g_config, secure);
-    pthread_atfork(prepare_fork, nullptr, child_after_fork);
+    pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
     detail::g_active.store(true, std::memory_order_release);
 
     for (const auto& [name, value] : g_config->given) {

@@ -35,18 +35,18 @@ using namespace tcpfix;
 
 // Returns the new descriptor, or -1 with errno as libc sets it.
 extern "C" __attribute__((visibility("default"))) int socket(int domain, int type, int protocol) noexcept {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::socket.get()(domain, type, protocol);
+    if (!runtime::active()) return real::socket.get()(domain, type, protocol);
     return runtime::to_c(hooks::do_socket(domain, type, protocol));
 }
 
 // Returns the accepted descriptor, or -1 with errno as libc sets it.
 extern "C" __attribute__((visibility("default"))) int accept(int fd, sockaddr* addr, socklen_t* len) {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::accept.get()(fd, addr, len);
+    if (!runtime::active()) return real::accept.get()(fd, addr, len);
     return runtime::to_c(hooks::do_accept4(fd, addr, len, 0, true));
 }
 
 // Returns the accepted descriptor, or -1 with errno as libc sets it.
 extern "C" __attribute__((visibility("default"))) int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::accept4.get()(fd, addr, len, flags);
+    if (!runtime::active()) return real::accept4.get()(fd, addr, len, flags);
     return runtime::to_c(hooks::do_accept4(fd, addr, len, flags, false));
 }

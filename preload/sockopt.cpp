@@ -69,6 +69,6 @@ extern "C" __attribute__((visibility("default"))) int setsockopt(int fd, int lev
 
 // Returns 0, or -1 with errno exactly as the real bind() set it.
 extern "C" __attribute__((visibility("default"))) int bind(int fd, const sockaddr* addr, socklen_t len) noexcept {
-    if (!runtime::active() || runtime::in_unannounced_child()) return real::bind.get()(fd, addr, len);
+    if (!runtime::active()) return real::bind.get()(fd, addr, len);
     return runtime::to_c(hooks::do_bind(fd, addr, len));
 }

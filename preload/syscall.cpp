@@ -4,6 +4,7 @@
 
 #include <cstdarg>
 
+#include "preload/fdtable.hpp"
 #include "preload/hooks.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -92,7 +93,11 @@ extern "C" __attribute__((visibility("default"))) long syscall(long n, ...) noex
     for (long& v : a) v = va_arg(ap, long);
     va_end(ap);
     long result;
-    if (runtime::active() && hooked(n) && !runtime::in_unannounced_child() && dispatch(n, a, result)) {
+    // syscall(SYS_close) of an untracked descriptor (libuv closes everything
+    // this way) costs one table lookup, as close() does.
+    bool untracked_close = n == SYS_close && fdtable::lookup(static_cast<int>(a[0])) == 0;
+    if (runtime::active() && hooked(n) && !untracked_close && !runtime::in_unannounced_child() &&
+        dispatch(n, a, result)) {
         if (result < 0) {
             errno = static_cast<int>(-result);
             return -1;
