@@ -50,6 +50,7 @@ void child_after_fork() {
     g_counters.reset();
     stats_file::after_fork_in_child();
     connect_policy::after_fork_in_child();
+    storm::after_fork_in_child();
 }
 
 }  // namespace

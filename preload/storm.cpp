@@ -14,6 +14,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -37,6 +38,7 @@ constexpr std::int64_t kSummaryEveryNs = 10'000'000'000;
 constexpr std::int64_t kJudgeEveryNs = 50'000'000;
 
 std::atomic<bool> g_scanning{false};
+std::atomic<std::uint32_t> g_busy_index{0};  // the one slot a scan marks busy, if any
 std::atomic<std::int64_t> g_last_judge_ns{0};
 std::atomic<std::int64_t> g_last_reap_ns{0};
 std::atomic<std::int64_t> g_last_summary_ns{0};
@@ -106,6 +108,7 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
 
     // Never act on a descriptor the application is closing: close() takes the
     // number out of the table first, then waits for busy to clear.
+    g_busy_index.store(index, std::memory_order_relaxed);
     s.busy.store(1, std::memory_order_seq_cst);
     if (fdtable::lookup(fd) == index) {
         policy::ConnectionUse use;
@@ -137,6 +140,7 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
         }
     }
     s.busy.store(0, std::memory_order_seq_cst);
+    g_busy_index.store(0, std::memory_order_relaxed);
 }
 
 // Sleeps until `until`; false when a signal should end the wait with EINTR.
@@ -166,12 +170,18 @@ void scan(std::int64_t now) {
     if (!judging && !reaping) return;
     if (g_scanning.exchange(true, std::memory_order_acquire)) return;
     runtime::ErrnoGuard keep_errno;
+    // No signal handler runs in this thread during the scan: one that closed
+    // the descriptor being scanned would wait for this very thread.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     if (judging) g_last_judge_ns.store(now, std::memory_order_relaxed);
     if (reaping) g_last_reap_ns.store(now, std::memory_order_relaxed);
     fdtable::for_each(0, fdtable::kMaxFd - 1, [=](int fd, std::uint32_t index) {
         if (index != fdtable::kOwned) scan_one(fd, index, now, judging, reaping);
     });
     g_scanning.store(false, std::memory_order_release);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 std::int64_t on_timer(std::int64_t now) {
@@ -221,6 +231,13 @@ void on_close(int fd, fdtable::Slot& s) {
     runtime::ErrnoGuard keep_errno;
     policy::ConnectionUse use;
     if (read_use(fd, s, runtime::now_ns(), use) && policy::carried_data(use)) policy::record_success(d);
+}
+
+void after_fork_in_child() {
+    // A scan under way in another thread at the fork never finishes here.
+    std::uint32_t busy = g_busy_index.exchange(0, std::memory_order_relaxed);
+    if (busy != 0) fdtable::slot(busy).busy.store(0, std::memory_order_relaxed);
+    g_scanning.store(false, std::memory_order_relaxed);
 }
 
 void summarise() {

@@ -26,6 +26,9 @@ std::int64_t scan_interval_ns();
 // The watchdog thread's tick: scans when due; returns when it wants the next.
 std::int64_t on_timer(std::int64_t now_ns);
 
+// In a forked child: forget a scan another thread had under way.
+void after_fork_in_child();
+
 // Logs one line per destination with sockets reaped since its last line.
 void summarise();
 
