@@ -23,26 +23,17 @@ PORT = 5432
 
 
 def assert_exhausts(ns, summary, r, count):
-    """The control arm: about range_size probes succeed, the rest fail with
-    EADDRNOTAVAIL.
-
-    Not exactly range_size: on this kernel a client's TIME_WAIT entry is now
-    and then killed early. The client answers the server's FIN with two
-    identical ACKs; the second reaches a server socket that is already
-    CLOSED, the server answers it with RST, and the RST kills the client's
-    TIME_WAIT (net.ipv4.tcp_rfc1337=0), freeing that port for a later
-    probe. Seen in packet captures: a few ports per run at most, so at least
-    range_size of the 3 x range_size probes still fail."""
+    """The control arm: exactly range_size probes succeed, the rest fail with
+    EADDRNOTAVAIL (exact because the namespace has tcp_rfc1337=1: see
+    conftest)."""
     assert summary["eaddrnotavail"] > 0, f"the control arm did not run out of ports: {r.stdout}"
-    assert summary["ok"] + summary["eaddrnotavail"] == count and summary["other"] == 0, r.stdout
-    assert ns.range_size <= summary["ok"] < 2 * ns.range_size, r.stdout
+    assert summary == {"ok": ns.range_size, "eaddrnotavail": count - ns.range_size, "other": 0}, r.stdout
 
 
 def assert_time_wait_left(ns, dport=None):
-    """The control arm leaves (nearly) every port of the range in TIME_WAIT
-    (see assert_exhausts for why not always exactly all)."""
+    """The control arm leaves every port of the range in TIME_WAIT."""
     left = len(settled_time_wait(ns, dport))
-    assert ns.range_size // 2 <= left <= ns.range_size, left
+    assert left == ns.range_size, left
 
 
 # -- incident 000: the prober loop ------------------------------------------------------------
@@ -220,10 +211,8 @@ def test_match_restricts_rst_to_matched_destinations(netns, lib, program, stats_
         if name in matched:
             assert ends == ["ECONNRESET"] * probes and left == 0, (name, ends, left)
         else:
-            # FIN every time; the TIME_WAIT entries stay (all, or all but
-            # one killed early by the kernel quirk described in
-            # assert_exhausts).
-            assert ends == ["EOF"] * probes and probes - 1 <= left <= probes, (name, ends, left)
+            # FIN every time; every TIME_WAIT entry stays.
+            assert ends == ["EOF"] * probes and left == probes, (name, ends, left)
 
     for i, (host, port) in enumerate(DESTS):
         _, st = only_stats_file(stats_dir, f"match{i}-*.json")

@@ -84,9 +84,8 @@ def test_scenario_under_rst(ns, lib, program, stats_dir, case):
     if time_wait_left == 0:
         assert left == 0
     else:
-        # The FIN-ended connections: TIME_WAIT stays, unless the kernel
-        # killed it early (see test_close_rst.assert_exhausts).
-        assert left <= time_wait_left
+        # The FIN-ended connections: their TIME_WAIT entries stay.
+        assert left == time_wait_left
 
     st = stats_of(stats_dir, pid)
     if scenario.startswith("fork"):
@@ -155,7 +154,7 @@ def test_fork_exec_child_has_its_own_table(ns, lib, program, stats_dir):
     ours = {f":{conns['A']}", f":{conns['B']}"}
     child = [e for e in ends if not any(e["peer"].endswith(p) for p in ours)]
     assert [e["end"] for e in child] == [RST] * probes, child
-    assert len(settled_time_wait(ns)) <= 1  # A's, unless killed early
+    assert len(settled_time_wait(ns)) == 1  # A's
 
     parent = stats_of(stats_dir, pid)
     assert parent["closes_graceful_shared"] == 1 and parent["closes_rst"] == 1, parent
