@@ -259,11 +259,22 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
     return row[b.size()];
 }
 
-// "tcpfix: NAME="value": TEXT", kept on one line whatever the value holds.
+// ASCII control characters (a newline included) shown as '?'; bytes from
+// 0x80 up kept, so a UTF-8 path reads as the user typed it.
+std::string one_line(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (char ch : text) {
+        auto byte = static_cast<unsigned char>(ch);
+        out += (byte >= 0x20 && byte != 0x7f) ? ch : '?';
+    }
+    return out;
+}
+
+// "tcpfix: NAME="value": TEXT", kept on one line whatever the name or the
+// value holds (execve() lets a name carry a newline: "TCPFIX_CLOSE\nX=rst").
 std::string refusal_line(std::string_view name, std::string_view value, std::string_view text) {
-    std::string shown;
-    for (char ch : value) shown += (ch >= 0x20 && ch != 0x7f) ? ch : '?';
-    return fmt::format("tcpfix: {}=\"{}\": {}", name, shown, text);
+    return fmt::format("tcpfix: {}=\"{}\": {}", one_line(name), one_line(value), text);
 }
 
 std::string unknown_refusal(std::string_view name, std::string_view value) {

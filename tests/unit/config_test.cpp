@@ -492,6 +492,14 @@ INSTANTIATE_TEST_SUITE_P(
         RefusalCase{"control character shown as question mark",
                     {{"TCPFIX_LOG_FILE", "/tmp/a\nb"}},
                     "tcpfix: TCPFIX_LOG_FILE=\"/tmp/a?b\": expected a file path"},
+        RefusalCase{"control character in a name shown as question mark",
+                    {{"TCPFIX_CLOSE\nX", "rst"}},
+                    "tcpfix: TCPFIX_CLOSE?X=\"rst\": no such variable; did you mean "
+                    "TCPFIX_CLOSE?"},
+        RefusalCase{"utf-8 in a value kept as written",
+                    {{"TCPFIX_STATS", "/tmp/caf\xc3\xa9/"}},
+                    "tcpfix: TCPFIX_STATS=\"/tmp/caf\xc3\xa9/\": expected a file path (%p becomes "
+                    "the PID)"},
         RefusalCase{"unknown name suggests the close one",
                     {{"TCPFIX_CLOSED", "rst"}},
                     "tcpfix: TCPFIX_CLOSED=\"rst\": no such variable; did you mean "
