@@ -55,13 +55,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # new_namespace NAME: lo up, TIME_WAIT reuse off (the host loopback has it on,
-# which hides the incident), a narrow port range, a listener on PORT.
+# which hides the incident), stray RSTs unable to end a TIME_WAIT early
+# (tcp_rfc1337=1, so the ceiling is exactly the range), a narrow port range,
+# a listener on PORT.
 new_namespace() {
     local ns=$1 _
     ip netns add "$ns"
     NAMESPACES+=("$ns")
     ip -n "$ns" link set lo up
-    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=0 \
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse=0 net.ipv4.tcp_rfc1337=1 \
         "net.ipv4.ip_local_port_range=$RANGE_LO $RANGE_HI"
     ip netns exec "$ns" "$SINK" -p "$PORT" -t 120000 >/dev/null &
     disown
