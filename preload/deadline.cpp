@@ -35,15 +35,32 @@ using runtime::call_errno;
 
 // --- the watchdog -------------------------------------------------------
 
-enum EntryState : int { kFree = 0, kClaimed, kArmed, kFiring };
+// An entry's state and a version in one word: the version grows at every
+// claim, so a word read twice and found equal means the entry was not freed
+// and claimed again in between (a seqlock), and a compare-exchange against
+// the whole word cannot act on an entry re-armed for another connect.
+// The other fields change only while the entry is kClaimed, by the thread
+// that claimed it; everyone else reads them between two loads of the word.
+enum EntryState : std::uint32_t { kFree = 0, kClaimed, kArmed, kFiring };
+
+constexpr std::uint32_t state_of(std::uint32_t word) { return word & 3u; }
+constexpr std::uint32_t with_state(std::uint32_t word, EntryState st) { return (word & ~3u) | st; }
+constexpr std::uint32_t next_version(std::uint32_t word, EntryState st) { return ((word & ~3u) + 4u) | st; }
 
 struct Entry {
-    std::atomic<int> state{kFree};
-    int fd = -1;
-    std::uint32_t index = 0;
-    std::uint32_t generation = 0;
-    std::int64_t deadline_ns = 0;
+    std::atomic<std::uint32_t> word{kFree};
+    std::atomic<int> fd{-1};
+    std::atomic<std::uint32_t> index{0};
+    std::atomic<std::uint32_t> generation{0};
+    std::atomic<std::int64_t> deadline_ns{0};
 };
+
+// True when `word` still holds the value read before the fields were: what
+// was read between belongs to that arming.
+bool unchanged(const Entry& e, std::uint32_t word) {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return e.word.load(std::memory_order_relaxed) == word;
+}
 
 constexpr int kEntries = 4096;
 Entry g_entries[kEntries];
@@ -56,24 +73,27 @@ void futex_wake() {
     real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAKE_PRIVATE, 1);
 }
 
-// Abandons the handshake of an armed entry whose deadline passed.
-void fire(Entry& e) {
-    if (fdtable::lookup(e.fd) != e.index) return;  // closed, or the number reused
-    fdtable::Slot& s = fdtable::slot(e.index);
-    if (s.generation != e.generation ||
+// Abandons the handshake of an entry the watchdog holds (kFiring) whose
+// deadline passed.
+void fire(const Entry& e) {
+    int fd = e.fd.load(std::memory_order_relaxed);
+    std::uint32_t index = e.index.load(std::memory_order_relaxed);
+    if (fdtable::lookup(fd) != index) return;  // closed, or the number reused
+    fdtable::Slot& s = fdtable::slot(index);
+    if (s.generation != e.generation.load(std::memory_order_relaxed) ||
         (s.flags.load(std::memory_order_acquire) & fdtable::kConnectPending) == 0)
         return;
     tcp_info info{};
     socklen_t len = sizeof info;
-    if (call_errno(real::getsockopt.get(), e.fd, IPPROTO_TCP, TCP_INFO, static_cast<void*>(&info), &len) != 0 ||
+    if (call_errno(real::getsockopt.get(), fd, IPPROTO_TCP, TCP_INFO, static_cast<void*>(&info), &len) != 0 ||
         (info.tcpi_state != TCP_SYN_SENT && info.tcpi_state != TCP_SYN_RECV))
         return;  // it connected (or failed) in time
     s.flags.fetch_or(fdtable::kTimedOut, std::memory_order_acq_rel);
     sockaddr unspec{};
     unspec.sa_family = AF_UNSPEC;
-    call_errno(real::connect.get(), e.fd, &unspec, static_cast<socklen_t>(sizeof unspec));
+    call_errno(real::connect.get(), fd, &unspec, static_cast<socklen_t>(sizeof unspec));
     policy::bump(runtime::counters().connect_timeouts);
-    log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; abandoned (ETIMEDOUT)", e.fd,
+    log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; abandoned (ETIMEDOUT)", fd,
             s.dest, policy::format_duration(*runtime::config().connect_timeout_ns));
 }
 
@@ -84,15 +104,17 @@ void* watchdog(void*) {
         int high = g_high_water.load(std::memory_order_acquire);
         for (int i = 0; i < high; ++i) {
             Entry& e = g_entries[i];
-            if (e.state.load(std::memory_order_acquire) != kArmed) continue;
-            if (e.deadline_ns > now) {
-                next = std::min(next, e.deadline_ns);
+            std::uint32_t word = e.word.load(std::memory_order_acquire);
+            if (state_of(word) != kArmed) continue;
+            std::int64_t deadline = e.deadline_ns.load(std::memory_order_relaxed);
+            if (!unchanged(e, word)) continue;  // disarmed meanwhile (or re-armed: woken again)
+            if (deadline > now) {
+                next = std::min(next, deadline);
                 continue;
             }
-            int armed = kArmed;
-            if (!e.state.compare_exchange_strong(armed, kFiring, std::memory_order_acq_rel)) continue;
+            if (!e.word.compare_exchange_strong(word, with_state(word, kFiring), std::memory_order_acq_rel)) continue;
             fire(e);
-            e.state.store(kFree, std::memory_order_release);
+            e.word.store(with_state(word, kFree), std::memory_order_release);
         }
         next = std::min(next, storm::on_timer(now));
         next = std::min(next, stats_file::on_timer(now));
@@ -139,13 +161,16 @@ void arm(int fd, std::uint32_t index, fdtable::Slot& s, std::int64_t deadline_ns
     if (!start_timer()) return;
     for (int i = 0; i < kEntries; ++i) {
         Entry& e = g_entries[i];
-        int expected = kFree;
-        if (!e.state.compare_exchange_strong(expected, kClaimed, std::memory_order_acq_rel)) continue;
-        e.fd = fd;
-        e.index = index;
-        e.generation = s.generation;
-        e.deadline_ns = deadline_ns;
-        e.state.store(kArmed, std::memory_order_release);
+        std::uint32_t word = e.word.load(std::memory_order_relaxed);
+        if (state_of(word) != kFree ||
+            !e.word.compare_exchange_strong(word, next_version(word, kClaimed), std::memory_order_acq_rel))
+            continue;
+        std::uint32_t claimed = next_version(word, kClaimed);
+        e.fd.store(fd, std::memory_order_relaxed);
+        e.index.store(index, std::memory_order_relaxed);
+        e.generation.store(s.generation, std::memory_order_relaxed);
+        e.deadline_ns.store(deadline_ns, std::memory_order_relaxed);
+        e.word.store(with_state(claimed, kArmed), std::memory_order_release);
         int high = g_high_water.load(std::memory_order_relaxed);
         while (high <= i && !g_high_water.compare_exchange_weak(high, i + 1, std::memory_order_acq_rel)) {
         }
@@ -286,13 +311,21 @@ void disarm(std::uint32_t index, fdtable::Slot& s) {
     int high = g_high_water.load(std::memory_order_acquire);
     for (int i = 0; i < high; ++i) {
         Entry& e = g_entries[i];
-        int state = e.state.load(std::memory_order_acquire);
-        if ((state != kArmed && state != kFiring) || e.index != index || e.generation != s.generation)
-            continue;
-        int armed = kArmed;
-        if (e.state.compare_exchange_strong(armed, kFree, std::memory_order_acq_rel)) return;
-        // The watchdog is firing it right now: let it finish before the descriptor goes.
-        while (e.state.load(std::memory_order_acquire) == kFiring) {
+        std::uint32_t word = e.word.load(std::memory_order_acquire);
+        if (state_of(word) != kArmed && state_of(word) != kFiring) continue;
+        bool ours = e.index.load(std::memory_order_relaxed) == index &&
+                    e.generation.load(std::memory_order_relaxed) == s.generation;
+        // Changed meanwhile: freed by the watchdog, or claimed for another
+        // connect (ours is armed once, by this slot's owner, so it cannot be
+        // the new arming).
+        if (!ours || !unchanged(e, word)) continue;
+        if (state_of(word) == kArmed &&
+            e.word.compare_exchange_strong(word, with_state(word, kFree), std::memory_order_acq_rel))
+            return;
+        // The watchdog is firing it right now (the watchdog blocks every
+        // signal, so this never waits on its own thread): let it finish
+        // before the descriptor goes.
+        while (e.word.load(std::memory_order_acquire) == with_state(word, kFiring)) {
         }
         return;
     }
@@ -307,7 +340,10 @@ int translate_so_error(fdtable::Slot& s, int err) {
 void after_fork_in_child() {
     g_thread_started.store(false, std::memory_order_relaxed);
     int high = g_high_water.load(std::memory_order_relaxed);
-    for (int i = 0; i < high; ++i) g_entries[i].state.store(kFree, std::memory_order_relaxed);
+    for (int i = 0; i < high; ++i) {
+        std::uint32_t word = g_entries[i].word.load(std::memory_order_relaxed);
+        g_entries[i].word.store(with_state(word, kFree), std::memory_order_relaxed);
+    }
     g_high_water.store(0, std::memory_order_relaxed);
 }
 
