@@ -112,7 +112,26 @@ Policy read_policy() {
     return p;
 }
 
+namespace {
+
+// The log_path= prefixes of the sanitizer runtimes: their report files open
+// whenever a report comes, and are not the application's descriptors.
+std::vector<std::string> sanitizer_log_prefixes() {
+    std::vector<std::string> out;
+    for (const char* var : {"ASAN_OPTIONS", "TSAN_OPTIONS", "UBSAN_OPTIONS"}) {
+        std::string v = env(var);
+        auto at = v.find("log_path=");
+        if (at == std::string::npos) continue;
+        auto end = v.find(':', at);
+        out.push_back(v.substr(at + 9, end == std::string::npos ? std::string::npos : end - at - 9));
+    }
+    return out;
+}
+
+}  // namespace
+
 std::set<int> open_fds() {
+    static const std::vector<std::string> ignored = sanitizer_log_prefixes();
     std::set<int> out;
     DIR* d = opendir("/proc/self/fd");
     if (d == nullptr) return out;
@@ -120,7 +139,14 @@ std::set<int> open_fds() {
     while (dirent* e = readdir(d)) {
         if (e->d_name[0] == '.') continue;
         int fd = atoi(e->d_name);
-        if (fd != own) out.insert(fd);
+        if (fd == own) continue;
+        if (!ignored.empty()) {
+            std::string target = describe_fd(fd);
+            bool skip = false;
+            for (const auto& prefix : ignored) skip |= target.rfind(prefix, 0) == 0;
+            if (skip) continue;
+        }
+        out.insert(fd);
     }
     closedir(d);
     return out;
@@ -310,6 +336,7 @@ void Server::run() {
                     int c = accept4(l, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
                     if (c < 0) break;
                     accepted.fetch_add(1);
+                    if (tag == kTagData) accepted_data.fetch_add(1);
                     if (tag == kTagClosing) {
                         close(c);
                         closed_at_once.fetch_add(1);

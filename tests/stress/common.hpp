@@ -135,6 +135,7 @@ public:
     int close_listeners();
 
     std::atomic<std::uint64_t> accepted{0};
+    std::atomic<std::uint64_t> accepted_data{0};  // ... on the data port
     std::atomic<std::uint64_t> ended_rst{0};
     std::atomic<std::uint64_t> ended_eof{0};
     std::atomic<std::uint64_t> ended_other{0};

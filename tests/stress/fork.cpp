@@ -253,9 +253,16 @@ int run_fork(const std::vector<std::string>& args) {
         if (!fds_before.count(fd)) failures().add("descriptor {} ({}) left open", fd, describe_fd(fd));
     server.stop();
     std::uint64_t rst_seen = server.ended_rst.load();
+    STRESS_CHECK(server.ended_other.load() == 0, "{} connections ended neither by FIN nor RST", server.ended_other.load());
     int listeners = server.close_listeners();
 
     std::uint64_t cycles = churn_cycles.load();
+    // Connections the client saw established but the server never accepted
+    // (its queue overflowed while the parent forked): they end unseen.
+    std::uint64_t made = cycles + held.size() + children.size();
+    std::uint64_t never_accepted = made > server.accepted_data.load() ? made - server.accepted_data.load() : 0;
+    if (never_accepted != 0)
+        fmt::print("note: {} connections the server never accepted (queue overflow under load)\n", never_accepted);
     fmt::print("fork: {} children in {:.1f} s ({} hung), {} churn cycles meanwhile, {} held connections; peer saw {} "
                "RST, {} FIN\n",
                children.size(), fork_secs, hung, cycles, held.size(), rst_seen, server.ended_eof.load());
@@ -268,7 +275,9 @@ int run_fork(const std::vector<std::string>& args) {
         ex.eq("closes", std::to_string(cycles + held.size() + (inherited >= 0) + listeners));
         if (policy.rst()) {
             // Every RST the peer saw came from the parent or one of the children.
-            ex.eq("closes_rst", fmt::format("{}", rst_seen - static_cast<std::uint64_t>(children_rst)));
+            std::uint64_t parent_seen = rst_seen - static_cast<std::uint64_t>(children_rst);
+            ex.ge("closes_rst", std::to_string(parent_seen));
+            ex.le("closes_rst", fmt::format("{} + {}", parent_seen, never_accepted));
             // Sockets made before a fork close gracefully (shared); the rest with
             // RST. held[0] closes first while its dup `inherited` still refers
             // to the socket: that close is neither.

@@ -503,13 +503,19 @@ int run_threads(const std::vector<std::string>& args, bool soak) {
 
     // What the peer saw.
     const Policy& p = sh.policy;
+    // Connections made to the data port that the server never accepted.
+    std::uint64_t data_conns = sum.connects - sum.refused - sum.close_wait - sum.leaked;
+    std::uint64_t never_accepted =
+        data_conns > server.accepted_data.load() ? data_conns - server.accepted_data.load() : 0;
     std::uint64_t rst_seen = server.ended_rst.load(), eof_seen = server.ended_eof.load();
     STRESS_CHECK(server.bytes.load() == sum.data_bytes, "the peer received {} of {} bytes written", server.bytes.load(),
                  sum.data_bytes);
+    if (never_accepted != 0)
+        fmt::print("note: {} connections the server never accepted (queue overflow under load)\n", never_accepted);
     STRESS_CHECK(server.ended_other.load() == 0, "{} connections ended neither by FIN nor RST", server.ended_other.load());
     if (p.rst()) {
-        STRESS_CHECK(rst_seen >= sum.expect_rst, "peer saw {} RSTs; {} idle connections were closed", rst_seen,
-                     sum.expect_rst);
+        STRESS_CHECK(rst_seen + never_accepted >= sum.expect_rst, "peer saw {} RSTs; {} idle connections were closed",
+                     rst_seen, sum.expect_rst);
     } else if (!p.rst_always()) {
         STRESS_CHECK(rst_seen == 0, "peer saw {} RSTs without an rst policy", rst_seen);
     }
@@ -544,9 +550,15 @@ int run_threads(const std::vector<std::string>& args, bool soak) {
         ex.note(fmt::format("sockets closed: {} (+{} listeners)", sum.sockets_closed, closed_listeners));
         if (p.rst()) {
             // Each RST tcpfix counts is one the peer saw, and each graceful
-            // fallback one FIN; idle connections always get the RST.
-            ex.eq("closes_rst", std::to_string(rst_seen));
-            ex.eq("closes_graceful_unsent", std::to_string(eof_seen));
+            // fallback one FIN; idle connections always get the RST. A
+            // connection the client saw established but the server never
+            // accepted (its queue overflowed under load and the handshake's
+            // last ACK was dropped) ends unseen: allowed for, counted.
+            std::string unseen = std::to_string(never_accepted);
+            ex.ge("closes_rst", std::to_string(rst_seen));
+            ex.le("closes_rst", std::to_string(rst_seen) + " + " + unseen);
+            ex.ge("closes_graceful_unsent", std::to_string(eof_seen));
+            ex.le("closes_graceful_unsent", std::to_string(eof_seen) + " + " + unseen);
             ex.eq("closes_rst + closes_graceful_unsent", std::to_string(sum.expect_rst + sum.data_closes));
             ex.le("closes_graceful_unsent", std::to_string(sum.data_closes));
             ex.eq("closes_graceful_shared", "0");
