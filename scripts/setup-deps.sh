@@ -23,7 +23,8 @@ BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 DEPS_PACKAGES=(cmake make g++ libfmt-dev libcli11-dev libgtest-dev python3 python3-pytest
                  iproute2 nftables procps strace
                  haproxy redis-server php-cli php-redis mariadb-server mariadb-client sysbench
-                 python3-matplotlib valgrind man-db groff-base dpkg-dev file prometheus)
+                 python3-matplotlib valgrind man-db groff-base dpkg-dev file prometheus
+                 clang libclang-rt-14-dev)
 
 tcpfix_require_root() {
     if [[ $(id -u) -ne 0 ]]; then
