@@ -28,28 +28,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 static volatile sig_atomic_t stop;
 
 static void on_signal(int sig) {
     (void)sig;
     stop = 1;
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "accept_server: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
-
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int main(int argc, char **argv) {

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 enum { MAX_SECONDS = 3600, MAX_THREADS = 256, MAX_ERRNO = 4096 };
 
 static struct sockaddr_in g_dest;
@@ -58,22 +60,6 @@ static void sleep_until(long long t) {
     struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
     }
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "connload: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
-
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
 }
 
 static void print_errors(const atomic_long *errors) {

@@ -55,6 +55,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 enum { WARMUP = 200, MAX_BATCHES = 100, DUP_TARGET = 900 };
 
 static void die(const char *what) {
@@ -66,17 +68,6 @@ static long long clock_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "hookbench: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
 }
 
 /* -- the functions measured -------------------------------------------- */

@@ -31,16 +31,13 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 struct sock {
     int fd;
     int bind_err;     /* 0 = OK, -1 = not tried yet */
     int connect_err;  /* 0 = OK, -1 = not tried (skipped) */
 };
-
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
 
 static long parse_port(const char *s) {
     char *end = NULL;

@@ -64,18 +64,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 static int failures = 0;
 static const char *host_arg = NULL;
 static long port_arg = 0;
 static long bytes_arg = -1;
 static const char *method_arg = "dup";
 static char **child_cmd = NULL;
-
-static const char *errno_name(int err) {
-    if (err == 0) return "0";
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
 
 static void check(int ok, const char *what, const char *fmt, ...) {
     printf("{\"check\":\"%s\",\"ok\":%s", what, ok ? "true" : "false");
@@ -98,29 +94,19 @@ static void msleep(long ms) {
 }
 
 static socklen_t make_addr(struct sockaddr_storage *ss, const char *host, long port) {
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((unsigned short)port);
-        return sizeof *sin;
+    socklen_t len = ip_literal(host, port, ss);
+    if (len == 0) {
+        fprintf(stderr, "fd_exerciser: bad host: %s\n", host);
+        exit(64);
     }
-    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((unsigned short)port);
-        return sizeof *sin6;
-    }
-    fprintf(stderr, "fd_exerciser: bad host: %s\n", host);
-    exit(64);
+    return len;
 }
 
 static unsigned local_port_of(int fd) {
     struct sockaddr_storage local;
     socklen_t llen = sizeof local;
     if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0) return 0;
-    return ntohs(local.ss_family == AF_INET ? ((struct sockaddr_in *)&local)->sin_port
-                                            : ((struct sockaddr_in6 *)&local)->sin6_port);
+    return ip_port(&local);
 }
 
 /* A connected TCP socket to the sink, announced as `label`; exits on failure. */

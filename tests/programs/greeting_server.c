@@ -35,28 +35,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 static volatile sig_atomic_t stop;
 
 static void on_signal(int sig) {
     (void)sig;
     stop = 1;
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "greeting_server: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
-
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 struct conn {
@@ -91,19 +76,8 @@ int main(int argc, char *argv[]) {
     }
 
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, addr, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((unsigned short)port);
-        sslen = sizeof *sin;
-    } else if (inet_pton(AF_INET6, addr, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((unsigned short)port);
-        sslen = sizeof *sin6;
-    } else {
+    socklen_t sslen = ip_literal(addr, port, &ss);
+    if (sslen == 0) {
         fprintf(stderr, "greeting_server: bad address: %s\n", addr);
         return 64;
     }
@@ -124,7 +98,7 @@ int main(int argc, char *argv[]) {
     }
     sslen = sizeof ss;
     getsockname(lfd, (struct sockaddr *)&ss, &sslen);
-    unsigned short bound = ntohs(ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+    unsigned short bound = ip_port(&ss);
     printf("ready port=%u\n", bound);
     fflush(stdout);
 

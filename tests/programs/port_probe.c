@@ -24,22 +24,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-/* "EADDRNOTAVAIL" (glibc 2.32+), or "E?" for a number glibc does not name. */
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "port_probe: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
+#include "progutil.h"
 
 int main(int argc, char *argv[]) {
     if (argc < 4 || argc > 5) {
@@ -51,19 +36,8 @@ int main(int argc, char *argv[]) {
     long interval_us = argc == 5 ? parse_long(argv[4], "interval_us", 0, 60000000) : 0;
 
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, argv[1], &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((unsigned short)port);
-        sslen = sizeof *sin;
-    } else if (inet_pton(AF_INET6, argv[1], &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((unsigned short)port);
-        sslen = sizeof *sin6;
-    } else {
+    socklen_t sslen = ip_literal(argv[1], port, &ss);
+    if (sslen == 0) {
         fprintf(stderr, "port_probe: bad host (IPv4/IPv6 literal expected): %s\n", argv[1]);
         return 64;
     }

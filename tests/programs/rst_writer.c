@@ -30,21 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "rst_writer: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
-
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
+#include "progutil.h"
 
 static uint64_t fnv_update(uint64_t h, const unsigned char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -95,19 +81,8 @@ int main(int argc, char *argv[]) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((unsigned short)port);
-        sslen = sizeof *sin;
-    } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((unsigned short)port);
-        sslen = sizeof *sin6;
-    } else {
+    socklen_t sslen = ip_literal(host, port, &ss);
+    if (sslen == 0) {
         fprintf(stderr, "rst_writer: bad host: %s\n", host);
         return 64;
     }
@@ -140,8 +115,7 @@ int main(int argc, char *argv[]) {
         socklen_t llen = sizeof local;
         unsigned local_port = 0;
         if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0)
-            local_port = ntohs(local.ss_family == AF_INET ? ((struct sockaddr_in *)&local)->sin_port
-                                                          : ((struct sockaddr_in6 *)&local)->sin6_port);
+            local_port = ip_port(&local);
         uint64_t h = 14695981039346656037ULL;
         long sent = 0;
         int werr = 0;

@@ -36,6 +36,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 #define MAX_KINDS 32
 #define SHOWN_FAILURES 20
 
@@ -47,22 +49,6 @@ struct kind {
 static struct kind kinds[MAX_KINDS];
 static int nkinds = 0;
 static long failures_shown = 0;
-
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "short_conn_client: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
 
 static void fail(long i, const char *phase, const char *what) {
     char name[64];
@@ -119,19 +105,8 @@ int main(int argc, char *argv[]) {
     long count = parse_long(argv[optind + 2], "count", 0, 10000000);
 
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, argv[optind], &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((unsigned short)port);
-        sslen = sizeof *sin;
-    } else if (inet_pton(AF_INET6, argv[optind], &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((unsigned short)port);
-        sslen = sizeof *sin6;
-    } else {
+    socklen_t sslen = ip_literal(argv[optind], port, &ss);
+    if (sslen == 0) {
         fprintf(stderr, "short_conn_client: bad host (IPv4/IPv6 literal expected): %s\n", argv[optind]);
         return 64;
     }

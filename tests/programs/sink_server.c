@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 #define MAX_CONNS 4096
 #define TAIL_LEN 16
 
@@ -53,28 +55,6 @@ struct conn {
 
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "sink_server: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
-}
-
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
 
 static void print_json_string(const unsigned char *s, size_t n) {
     putchar('"');
@@ -155,19 +135,8 @@ int main(int argc, char *argv[]) {
     sigaction(SIGINT, &sa, NULL);
 
     struct sockaddr_storage ss;
-    socklen_t sslen;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, addr, &sin->sin_addr) == 1) {
-        sin->sin_family = AF_INET;
-        sin->sin_port = htons((unsigned short)port);
-        sslen = sizeof *sin;
-    } else if (inet_pton(AF_INET6, addr, &sin6->sin6_addr) == 1) {
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((unsigned short)port);
-        sslen = sizeof *sin6;
-    } else {
+    socklen_t sslen = ip_literal(addr, port, &ss);
+    if (sslen == 0) {
         fprintf(stderr, "sink_server: bad address: %s\n", addr);
         return 64;
     }

@@ -56,6 +56,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "progutil.h"
+
 static volatile sig_atomic_t signals_caught = 0;
 static volatile int64_t first_signal_us = -1;
 static int64_t start_us = 0;
@@ -66,25 +68,9 @@ static int64_t now_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static const char *errno_name(int err) {
-    const char *name = strerrorname_np(err);
-    return name ? name : "E?";
-}
-
 static void die(const char *what) {
     fprintf(stderr, "timed_client: %s: %s\n", what, errno_name(errno));
     exit(1);
-}
-
-static long parse_long(const char *s, const char *what, long lo, long hi) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "timed_client: bad %s: %s\n", what, s);
-        exit(64);
-    }
-    return v;
 }
 
 /* Async-signal-safe: a counter, a clock read and one write(). */
@@ -152,19 +138,8 @@ int main(int argc, char *argv[]) {
     long port = parse_long(argv[optind + 1], "port", 1, 65535);
 
     struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t sslen;
-    struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-        in4->sin_family = AF_INET;
-        in4->sin_port = htons((uint16_t)port);
-        sslen = sizeof *in4;
-    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        sslen = sizeof *in6;
-    } else {
+    socklen_t sslen = ip_literal(host, port, &ss);
+    if (sslen == 0) {
         fprintf(stderr, "timed_client: not an IP literal: %s\n", host);
         return 64;
     }
