@@ -23,6 +23,7 @@
 namespace tcpfix::policy {
 namespace {
 
+using test::race;
 using test::row_name;
 
 constexpr std::int64_t kUs = 1'000;
@@ -321,24 +322,6 @@ TEST(LatencyEdges, ResetForgetsEverything) {
     EXPECT_EQ(h.count(), 1u);
     EXPECT_EQ(h.max_us(), 5.0) << "not the 100 ms from before the reset";
     EXPECT_EQ(h.percentile_us(0.99), 5.0);
-}
-
-// Runs `body(thread_index)` on `threads` threads released together.
-template <typename F>
-void race(int threads, F body) {
-    std::atomic<int> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-        pool.emplace_back([&, t] {
-            ready.fetch_add(1);
-            while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-            body(t);
-        });
-    }
-    while (ready.load() != threads) std::this_thread::yield();
-    go.store(true, std::memory_order_release);
-    for (auto& th : pool) th.join();
 }
 
 // Eight threads record into the same bucket at once: no count is lost.

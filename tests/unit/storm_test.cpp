@@ -28,6 +28,7 @@
 namespace tcpfix::policy {
 namespace {
 
+using test::race;
 using test::row_name;
 
 constexpr std::int64_t kUs = 1'000;
@@ -45,25 +46,6 @@ std::vector<std::int64_t> spaced(std::int64_t first, std::int64_t step, int n) {
     std::vector<std::int64_t> out;
     for (int i = 0; i < n; ++i) out.push_back(first + i * step);
     return out;
-}
-
-// Runs `body(thread_index)` on `threads` threads released together, so that
-// their calls race as hard as the machine allows.
-template <typename F>
-void race(int threads, F body) {
-    std::atomic<int> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-        pool.emplace_back([&, t] {
-            ready.fetch_add(1);
-            while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-            body(t);
-        });
-    }
-    while (ready.load() != threads) std::this_thread::yield();
-    go.store(true, std::memory_order_release);
-    for (auto& th : pool) th.join();
 }
 
 // ---------------------------------------------------------------------------
