@@ -71,6 +71,9 @@ int translate_so_error(fdtable::Slot& s, int err);
 // timer); false if it cannot be started.
 bool start_timer();
 
+// Wakes the watchdog thread to look at its timers again (a socket was just held).
+void wake_timer();
+
 // A signal interrupted a wait a blocking connect() would have been in: true
 // when every installed handler has SA_RESTART (the kernel would restart it).
 bool handlers_restart();

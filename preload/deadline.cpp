@@ -22,6 +22,7 @@
 #include <climits>
 
 #include "preload/connect_policy.hpp"
+#include "preload/hold.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -116,6 +117,7 @@ void* watchdog(void*) {
             fire(e);
             e.word.store(with_state(word, kFree), std::memory_order_release);
         }
+        next = std::min(next, hold::on_timer(now));
         next = std::min(next, storm::on_timer(now));
         next = std::min(next, stats_file::on_timer(now));
         timespec ts{}, *timeout = nullptr;
@@ -131,6 +133,8 @@ void* watchdog(void*) {
 }
 
 }  // namespace
+
+void wake_timer() { futex_wake(); }
 
 bool start_timer() {
     if (g_thread_started.load(std::memory_order_acquire)) return true;
