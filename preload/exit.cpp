@@ -8,9 +8,12 @@
 // descriptors: tcpfix only sets SO_LINGER {1,0} where an RST loses nothing,
 // and the kernel's close at exit then sends it.
 //
-// Bounded: exit waits at most kExitWaitNs (20 ms) in all for ACKs still due,
-// all sockets at once, then closes what is left normally. _exit(), death by
-// a signal and quick_exit() run no destructor: out of reach.
+// Bounded: exit waits at most kExitWaitNs (50 ms) in all for ACKs still due,
+// all sockets at once, then lets the kernel close what is left normally.
+// 50 ms covers a LAN peer's delayed ACK (40 ms: a server in interactive mode
+// that got a final message and sends no reply) and costs nothing when every
+// byte is acknowledged already, the usual case at exit. _exit(), death by a
+// signal and quick_exit() run no destructor: out of reach.
 //
 // Also here: fdopen(). stdio flushes its buffers after every exit handler,
 // so a socket wrapped in a FILE may still get bytes after this decision:
@@ -33,7 +36,7 @@ namespace {
 
 using policy::CloseAction;
 
-constexpr std::int64_t kExitWaitNs = 20'000'000;
+constexpr std::int64_t kExitWaitNs = 50'000'000;
 
 // A connection still waiting for its ACK at exit. Static: the handler runs
 // once, on whatever stack exit() has.
@@ -46,8 +49,9 @@ constexpr int kMaxPending = 4096;
 Pending g_pending[kMaxPending];
 
 // Decides the connection at fd unless its number changed hands (a close in
-// another thread). Returns true while it waits for an ACK.
-bool decide_at_exit(int fd, std::uint32_t index, std::uint32_t generation, std::int64_t waited) {
+// another thread). Returns true while it waits for an ACK; once `forced`
+// (the deadline passed) it waits no more.
+bool decide_at_exit(int fd, std::uint32_t index, std::uint32_t generation, std::int64_t waited, bool forced) {
     fdtable::Slot& s = fdtable::slot(index);
     // As the storm scan: never act on a descriptor another thread is closing;
     // close() takes the number out of the table first, then waits for busy.
@@ -60,7 +64,9 @@ bool decide_at_exit(int fd, std::uint32_t index, std::uint32_t generation, std::
         policy::SocketProbe probe;
         if (probe_socket(fd, probe)) {
             auto& counters = runtime::counters();
-            policy::CloseDecision d = policy::decide_close(runtime::config().close, book, &probe, waited);
+            policy::CloseDecision d = policy::decide_close(runtime::config().close, book, &probe,
+                                                           forced ? INT64_MAX : waited,
+                                                           policy::WaitBudget::Background);
             switch (d.action) {
                 case CloseAction::WaitForAck:
                     waiting = true;
@@ -112,8 +118,8 @@ void wait_out(int pending, std::int64_t started, std::int64_t deadline) {
         int kept = 0;
         for (int i = 0; i < pending; ++i) {
             const Pending& p = g_pending[i];
-            std::int64_t waited = now >= deadline ? INT64_MAX / 2 : std::max<std::int64_t>(now - started, 1);
-            if (decide_at_exit(p.fd, p.index, p.generation, waited)) g_pending[kept++] = p;
+            std::int64_t waited = std::max<std::int64_t>(now - started, 1);
+            if (decide_at_exit(p.fd, p.index, p.generation, waited, now >= deadline)) g_pending[kept++] = p;
         }
         pending = kept;
         // Past the deadline only a place another thread is deciding right now
@@ -160,7 +166,7 @@ void close_open_at_exit() {
                 return;
             }
             std::uint32_t generation = s.generation.load(std::memory_order_acquire);
-            if (decide_at_exit(fd, index, generation, 0) && pending < kMaxPending)
+            if (decide_at_exit(fd, index, generation, 0, false) && pending < kMaxPending)
                 g_pending[pending++] = {fd, index, generation};
         });
         wait_out(pending, started, started + kExitWaitNs);

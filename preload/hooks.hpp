@@ -52,7 +52,7 @@ void forget_owned(int fd);
 
 // exit.cpp: the policy for matched connections still open when the process
 // exits (run from the library's destructor, after the application's atexit
-// handlers), and the held sockets settled; at most kExitWaitNs of waiting.
+// handlers), and the held sockets settled; at most 50 ms of waiting.
 void close_open_at_exit();
 // Before an exec: the held sockets are settled within the same bound.
 void settle_before_exec();

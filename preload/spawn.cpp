@@ -20,7 +20,7 @@ void announce_spawn() {
 }
 
 // An exec replaces this program: the sockets held for a background decision
-// are settled first (at most 20 ms); exec would close them anyway
+// are settled first (at most 50 ms); exec would close them anyway
 // (close-on-exec), normally, without the RST they may have earned.
 void before_exec() {
     announce_spawn();
