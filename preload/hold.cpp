@@ -146,10 +146,9 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
     const int max = std::min(policy::max_held_sockets(rl.rlim_cur), kPlaces);
     const int floor = policy::held_fd_floor(rl.rlim_cur, max);
-    if (floor < 0) return -1;
     int held = g_held.load(std::memory_order_relaxed);
     do {
-        if (held >= max) {
+        if (held >= max || floor < 0) {
             policy::bump(runtime::counters().closes_held_full);
             return -1;
         }
