@@ -72,7 +72,11 @@ void forget_owned(int fd) {
     hold::forget_fd(fd);
 }
 
-policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags) {
+namespace {
+
+// bookkeeping(), inlined into the close path.
+__attribute__((always_inline)) inline policy::SocketBookkeeping gather(int fd, const fdtable::Slot& s,
+                                                                       std::uint32_t flags) {
     policy::SocketBookkeeping book;
     book.connect_called = (flags & fdtable::kConnectCalled) != 0;
     book.matched = (flags & fdtable::kMatched) != 0;
@@ -88,6 +92,12 @@ policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint3
     return book;
 }
 
+}  // namespace
+
+policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags) {
+    return gather(fd, s, flags);
+}
+
 CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin) {
     const policy::Config& config = runtime::config();
     auto& counters = runtime::counters();
@@ -98,9 +108,18 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
     policy::bump(counters.closes);
     CloseApplied applied;
     if (config.close == policy::CloseMode::Keep) return applied;
+    if (config.close == policy::CloseMode::Rst && s.refs.load(std::memory_order_acquire) != 1) {
+        // Not the last descriptor (a copy dup2'ed over another, one of two
+        // closed): the socket lives on. The common case of dup2 on sockets,
+        // so decided before anything is gathered.
+        if ((flags & fdtable::kConnectCalled) != 0 && log::enabled(policy::LogLevel::Debug))
+            log::at(policy::LogLevel::Debug, "{} {} to {}: normal close (another descriptor still refers to it)",
+                    origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest);
+        return applied;
+    }
 
     runtime::ErrnoGuard keep_errno;
-    const policy::SocketBookkeeping book = bookkeeping(fd, s, flags);
+    const policy::SocketBookkeeping book = gather(fd, s, flags);
     const char* how = origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd";
     policy::SocketProbe probe;
     bool probed = false;

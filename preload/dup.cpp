@@ -27,6 +27,19 @@ bool will_replace(int from, int flags, bool is_dup2) {
     return call_errno(real::fcntl.get(), from, F_GETFD) >= 0;
 }
 
+// Whether TCPFIX_CLOSE may do more than count when the slot's descriptor is
+// replaced: only then is it worth a system call to make sure the replacing
+// succeeds (a copy of a socket dup2'ed over another copy, the common case
+// of dup2 on sockets, needs none).
+bool may_act(std::uint32_t index) {
+    const policy::CloseMode mode = runtime::config().close;
+    const fdtable::Slot& s = fdtable::slot(index);
+    const std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    constexpr std::uint32_t kConnectedMatched = fdtable::kConnectCalled | fdtable::kMatched;
+    return mode != policy::CloseMode::Keep && (flags & kConnectedMatched) == kConnectedMatched &&
+           (mode == policy::CloseMode::RstAlways || s.refs.load(std::memory_order_acquire) == 1);
+}
+
 // The call failed after all: the socket goes back to the application as it was.
 void undo(int fd, const CloseApplied& applied) {
     if (applied.linger) {
@@ -54,7 +67,7 @@ int do_dup3(int from, int to, int flags, bool is_dup2) {
     CloseApplied applied;
     if (replaced == fdtable::kOwned)
         hold::forget_fd(to);
-    else if (replaced != 0 && will_replace(from, flags, is_dup2))
+    else if (replaced != 0 && (!may_act(replaced) || will_replace(from, flags, is_dup2)))
         applied = apply_close_policy(to, replaced, hold::Origin::Dup2);
     fdtable::wait_not_busy(replaced);
     int r = is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
