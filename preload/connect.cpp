@@ -138,6 +138,9 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     policy::bump(counters.connects);
     policy::bump(counters.destinations.get(*dest).connects);
     if (matched) policy::bump(counters.connects_matched);
+    // Under rst a close may hand its socket to the watchdog thread: start it
+    // here, never in a close() (which a signal handler may call).
+    if (matched && runtime::config().close == policy::CloseMode::Rst) connect_policy::start_timer();
 
     int r = 0;
     if (matched) {

@@ -68,6 +68,8 @@ Entry g_entries[kEntries];
 std::atomic<int> g_high_water{0};  // entries at or above are untouched
 std::atomic<std::uint32_t> g_wake{0};
 std::atomic<bool> g_thread_started{false};
+// When the sleeping watchdog will look at its timers next; 0 while it is awake.
+std::atomic<std::int64_t> g_planned_ns{0};
 
 void futex_wake() {
     g_wake.fetch_add(1, std::memory_order_release);
@@ -126,15 +128,23 @@ void* watchdog(void*) {
             ts = {static_cast<time_t>(wait / 1'000'000'000), static_cast<long>(wait % 1'000'000'000)};
             timeout = &ts;
         }
+        g_planned_ns.store(next, std::memory_order_seq_cst);
         real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAIT_PRIVATE, seen,
                           reinterpret_cast<long>(timeout));
+        g_planned_ns.store(0, std::memory_order_seq_cst);
     }
     return nullptr;
 }
 
 }  // namespace
 
-void wake_timer() { futex_wake(); }
+void wake_timer_unless_due_by(std::int64_t due_ns) {
+    std::int64_t planned = g_planned_ns.load(std::memory_order_seq_cst);
+    if (planned != 0 && planned <= due_ns) return;  // it looks by then and finds what is due
+    futex_wake();
+}
+
+bool timer_running() { return g_thread_started.load(std::memory_order_acquire); }
 
 bool start_timer() {
     if (g_thread_started.load(std::memory_order_acquire)) return true;

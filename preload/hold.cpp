@@ -153,7 +153,9 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
             return -1;
         }
     } while (!g_held.compare_exchange_weak(held, held + 1, std::memory_order_acq_rel));
-    if (!connect_policy::start_timer()) {
+    // Started by the matched connect (hooks::do_connect): never here, where a
+    // signal handler's close() may be.
+    if (!connect_policy::timer_running()) {
         g_held.fetch_sub(1, std::memory_order_acq_rel);
         return -1;
     }
@@ -196,7 +198,7 @@ void publish(int place) {
     auto& counters = runtime::counters();
     policy::bump(counters.closes_held);
     policy::raise_to(counters.closes_held_max, static_cast<std::uint64_t>(g_held.load(std::memory_order_relaxed)));
-    connect_policy::wake_timer();
+    connect_policy::wake_timer_unless_due_by(p.held_ns + kFirstLookNs + kMaxStepNs);
 }
 
 void cancel(int place) {

@@ -29,7 +29,7 @@ enum class Origin : std::uint8_t { Close, Dup2 };
 // which the application is about to close or replace. Returns the place
 // (>= 0), or -1 when the caller must decide on the spot: tcpfix holds as
 // many as it may already (counted), no descriptor number is free, the
-// background thread cannot start, or the process is exiting. Nothing is
+// background thread is not running, or the process is exiting. Nothing is
 // decided until publish().
 int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Origin origin);
 
