@@ -365,7 +365,7 @@ TEST(ErrnoName, MatchesTheStatsKeys) {
 TEST(ErrnoName, SameAsGlibc) {
     int named = 0;
     for (int e = -5; e < 300; ++e) {
-        const char* ours = errno_symbol(e);
+        const char* ours = tcpfix::policy::errno_symbol(e);
         const char* glibc = strerrorname_np(e);
         if (glibc == nullptr) {
             EXPECT_EQ(ours, nullptr) << e;
