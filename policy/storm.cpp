@@ -101,25 +101,28 @@ bool looks_abandoned(const ConnectionUse& use) {
 }
 
 bool carried_data(const ConnectionUse& use) {
-    // Without counters, a connection that got through its handshake and was
-    // not abandoned is the best sign of a working one.
-    if (!use.counters_known) {
-        switch (use.state) {
-            case TcpState::Established:
-            case TcpState::FinWait1:
-            case TcpState::FinWait2:
-            case TcpState::Closing:
-            case TcpState::TimeWait:
-                return true;
-            case TcpState::CloseWait:
-            case TcpState::LastAck:
-                return use.unread == 0;
-            default:
-                return false;
-        }
-    }
+    if (!use.counters_known) return false;  // cannot be told while the connection is open
     bool read_something = use.bytes_received > use.unread;
     return read_something || use.bytes_sent > 0;
+}
+
+bool succeeded_at_close(const ConnectionUse& use) {
+    if (use.counters_known) return carried_data(use);
+    // Without counters: a connection the application closes itself after its
+    // handshake, not abandoned, is the best sign of a working one.
+    switch (use.state) {
+        case TcpState::Established:
+        case TcpState::FinWait1:
+        case TcpState::FinWait2:
+        case TcpState::Closing:
+        case TcpState::TimeWait:
+            return true;
+        case TcpState::CloseWait:
+        case TcpState::LastAck:
+            return use.unread == 0;
+        default:
+            return false;
+    }
 }
 
 }  // namespace tcpfix::policy

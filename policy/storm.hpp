@@ -111,8 +111,13 @@ constexpr std::int64_t kAbandonAgeNs = 250'000'000;
 // peer closed and its data sits unread.
 bool looks_abandoned(const ConnectionUse& use);
 
-// True for a connection that carried data both ways or was read from (without
-// byte counters: one that got through its handshake and was not abandoned).
+// True for a connection that carried data both ways or was read from (never
+// without byte counters: that cannot be told while it is open).
 bool carried_data(const ConnectionUse& use);
+
+// When the application closes a connection: did it work? carried_data, or
+// without byte counters (Linux < 4.1), it got through its handshake and was
+// not abandoned.
+bool succeeded_at_close(const ConnectionUse& use);
 
 }  // namespace tcpfix::policy

@@ -238,7 +238,7 @@ void on_close(int fd, fdtable::Slot& s) {
     if (d.consecutive_failures.load(std::memory_order_relaxed) == 0) return;  // nothing to reset
     runtime::ErrnoGuard keep_errno;
     policy::ConnectionUse use;
-    if (read_use(fd, s, runtime::now_ns(), use) && policy::carried_data(use)) policy::record_success(d);
+    if (read_use(fd, s, runtime::now_ns(), use) && policy::succeeded_at_close(use)) policy::record_success(d);
 }
 
 void after_fork_in_child() {
