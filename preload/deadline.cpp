@@ -145,6 +145,9 @@ void* watchdog(void*) {
         real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAIT_PRIVATE, seen,
                           reinterpret_cast<long>(timeout));
         g_planned_ns.store(0, std::memory_order_seq_cst);
+        // Before the next scan reads the timers: a publisher that read the
+        // plan before this store sees it, or this scan sees its timer.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
     }
     return nullptr;
 }
@@ -152,6 +155,10 @@ void* watchdog(void*) {
 }  // namespace
 
 void wake_timer_unless_due_by(std::int64_t due_ns) {
+    // The caller's new timer is stored; the plan is read after it (a store
+    // followed by a load of another variable needs a full fence), so either
+    // the watchdog's next scan sees the timer or this reads 0 and wakes it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     std::int64_t planned = g_planned_ns.load(std::memory_order_seq_cst);
     if (planned != 0 && planned <= due_ns) return;  // it looks by then and finds what is due
     futex_wake();

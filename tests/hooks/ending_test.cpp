@@ -8,7 +8,10 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
 #include <chrono>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -41,9 +44,32 @@ std::vector<int> new_fds(const std::vector<int>& before, const std::vector<int>&
     return out;
 }
 
-bool is_socket(int fd) {
-    struct stat st;
-    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+// What /proc says of descriptor fd, without touching it: tcpfix's own
+// descriptors belong to its background thread, which may close them at any
+// moment (ThreadSanitizer rightly calls an fstat() of one a race).
+std::string fd_target(int fd) {
+    char path[64], target[256];
+    std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    return n < 0 ? std::string() : std::string(target, static_cast<std::size_t>(n));
+}
+
+bool is_open(int fd) { return !fd_target(fd).empty(); }
+
+bool is_socket(int fd) { return fd_target(fd).rfind("socket:", 0) == 0; }
+
+// The descriptor's O_CLOEXEC, from /proc/self/fdinfo ("flags:" in octal).
+bool is_cloexec(int fd) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE* f = std::fopen(path, "r");
+    if (f == nullptr) return false;
+    unsigned long flags = 0;
+    char line[128];
+    while (std::fgets(line, sizeof line, f) != nullptr)
+        if (std::sscanf(line, "flags: %lo", &flags) == 1) break;
+    std::fclose(f);
+    return (flags & O_CLOEXEC) != 0;
 }
 
 // A JDK-style marker: one end of a socketpair whose other end is closed.
@@ -68,6 +94,26 @@ void request_reply(int c, int s) {
 class RstEnding : public ::testing::Test {
 protected:
     void SetUp() override { ASSERT_TRUE(preloaded()) << "run through ctest: it preloads libtcpfix.so"; }
+
+    // A connection whose client wrote "QUIT\r\n" and closed while the ACK was
+    // due: {server end, tcpfix's held descriptor}. The ACK comes 40 ms after
+    // the write; a client descheduled that long between write and close (a
+    // loaded machine) finds it acknowledged and nothing is held, so up to three
+    // connections are tried.
+    std::pair<int, int> held_after_close() {
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            auto [c, s] = listener.connect_pair();
+            request_reply(c, s);
+            check(write(c, "QUIT\r\n", 6) == 6, "write QUIT");
+            auto before = open_fds();
+            check(close(c) == 0, "close");
+            auto held = new_fds(before, open_fds());
+            if (held.size() == 1) return {s, held[0]};
+            close(s);
+        }
+        return {-1, -1};
+    }
+
     Listener listener;
 };
 
@@ -160,35 +206,21 @@ TEST_F(RstEnding, Dup2WithDataUnsentClosesGracefullyAndArrivesWhole) {
 }
 
 TEST_F(RstEnding, CloseWithTheAckDueReturnsAtOnceAndTheHeldSocketEndsWithRst) {
-    auto [c, s] = listener.connect_pair();
-    request_reply(c, s);
-    ASSERT_EQ(write(c, "QUIT\r\n", 6), 6);
-    auto before = open_fds();
-    auto t0 = std::chrono::steady_clock::now();
-    ASSERT_EQ(close(c), 0);
-    auto took = std::chrono::steady_clock::now() - t0;
-    auto held = new_fds(before, open_fds());
-    ASSERT_EQ(held.size(), 1u) << "tcpfix holds one descriptor of its own for the socket";
-    int h = held[0];
+    auto [s, h] = held_after_close();
+    ASSERT_GE(h, 0) << "tcpfix holds one descriptor of its own for the socket";
     EXPECT_GE(h, 900) << "above the application's numbers";
-    EXPECT_TRUE(is_socket(h));
-    EXPECT_EQ(fcntl(h, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC) << "never inherited by an exec'd program";
+    EXPECT_TRUE(is_socket(h)) << fd_target(h);
+    EXPECT_TRUE(is_cloexec(h)) << "never inherited by an exec'd program";
     PeerView v = read_until_end(s);
     EXPECT_EQ(v.bytes, 6u);
     EXPECT_ENDING(v, Ending::Rst) << "RST once the delayed ACK came, not FIN";
-    EXPECT_EQ(fcntl(h, F_GETFD), -1) << "the held descriptor is closed once decided";
-    // Informative: what close() cost the application.
-    RecordProperty("close_us", static_cast<int>(std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
+    EXPECT_FALSE(is_open(h)) << "the held descriptor is closed once decided";
     close(s);
 }
 
 TEST_F(RstEnding, APeerThatClosesFirstWhileHeldGetsANormalClose) {
-    auto [c, s] = listener.connect_pair();
-    request_reply(c, s);
-    ASSERT_EQ(write(c, "QUIT\r\n", 6), 6);
-    auto before = open_fds();
-    ASSERT_EQ(close(c), 0);
-    ASSERT_EQ(new_fds(before, open_fds()).size(), 1u);
+    auto [s, h] = held_after_close();
+    ASSERT_GE(h, 0);
     // The server answers the final message with its own FIN, which carries the ACK.
     char b[16];
     ASSERT_EQ(read(s, b, sizeof b), 6);
@@ -199,16 +231,11 @@ TEST_F(RstEnding, APeerThatClosesFirstWhileHeldGetsANormalClose) {
 }
 
 TEST_F(RstEnding, AForkedChildHasNoHeldDescriptor) {
-    auto [c, s] = listener.connect_pair();
-    request_reply(c, s);
-    ASSERT_EQ(write(c, "QUIT\r\n", 6), 6);
-    auto before = open_fds();
-    ASSERT_EQ(close(c), 0);
-    auto held = new_fds(before, open_fds());
-    ASSERT_EQ(held.size(), 1u);
+    auto [s, h] = held_after_close();
+    ASSERT_GE(h, 0);
     pid_t child = fork();
     ASSERT_GE(child, 0);
-    if (child == 0) _exit(fcntl(held[0], F_GETFD) == -1 && errno == EBADF ? 0 : 1);
+    if (child == 0) _exit(fcntl(h, F_GETFD) == -1 && errno == EBADF ? 0 : 1);
     int status = 0;
     ASSERT_EQ(waitpid(child, &status, 0), child);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child closed its copy at once";
@@ -219,14 +246,8 @@ TEST_F(RstEnding, AForkedChildHasNoHeldDescriptor) {
 }
 
 TEST_F(RstEnding, ADup2OntoAHeldNumberGivesItToTheApplication) {
-    auto [c, s] = listener.connect_pair();
-    request_reply(c, s);
-    ASSERT_EQ(write(c, "QUIT\r\n", 6), 6);
-    auto before = open_fds();
-    ASSERT_EQ(close(c), 0);
-    auto held = new_fds(before, open_fds());
-    ASSERT_EQ(held.size(), 1u);
-    int h = held[0];
+    auto [s, h] = held_after_close();
+    ASSERT_GE(h, 0);
     // As bash does with fixed numbers: the application takes the number.
     int file = open("/dev/null", O_WRONLY);
     ASSERT_EQ(dup2(file, h), h);
