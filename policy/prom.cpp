@@ -240,7 +240,7 @@ std::size_t render_stats_prom(const Counters& c, const StatsContext& ctx,
     w.family("tcpfix_closes_held_max", "gauge", "Most sockets held for a background decision at once.");
     w.sample("tcpfix_closes_held_max", tag, get(c.closes_held_max));
     w.counter("tcpfix_closes_held_full_total",
-              "Closes decided on the spot because tcpfix already held as many sockets as it may.", tag,
+              "Closes decided on the spot: as many sockets held as may be, or no background thread yet.", tag,
               get(c.closes_held_full));
     w.counter("tcpfix_closes_rst_background_total", "RSTs decided in the background, once the last ACK came.",
               tag, get(c.closes_rst_background));

@@ -59,7 +59,7 @@ struct Counters {
     std::atomic<std::uint64_t> closes_rst_at_exit{0};     // ... ended with RST by tcpfix's exit handler
     std::atomic<std::uint64_t> closes_held{0};            // handed to the background thread at close
     std::atomic<std::uint64_t> closes_held_max{0};        // most held at once
-    std::atomic<std::uint64_t> closes_held_full{0};       // not held (at the bound): decided on the spot
+    std::atomic<std::uint64_t> closes_held_full{0};       // not held (at the bound, no thread yet): on the spot
     std::atomic<std::uint64_t> closes_rst_background{0};  // RST decided by the background thread
     std::atomic<std::uint64_t> closes_held_peer_closed{0};  // held; the peer closed first: normal close
     std::atomic<std::uint64_t> held_wait_us{0};           // time held sockets waited for ACKs

@@ -60,6 +60,7 @@ Place g_places[kPlaces];
 std::atomic<int> g_high_water{0};  // places at or above are untouched
 std::atomic<int> g_held{0};        // places not free
 std::atomic<bool> g_stopped{false};
+std::atomic<bool> g_thread_wanted{false};
 
 bool unchanged(const Place& p, std::uint32_t word) {
     std::atomic_thread_fence(std::memory_order_acquire);
@@ -153,10 +154,12 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
             return -1;
         }
     } while (!g_held.compare_exchange_weak(held, held + 1, std::memory_order_acq_rel));
-    // Started by the matched connect (hooks::do_connect): never here, where a
-    // signal handler's close() may be.
+    // Started by the next matched connect (hooks::do_connect): never here,
+    // where a signal handler's close() may be. This close decides on the spot.
     if (!connect_policy::timer_running()) {
+        g_thread_wanted.store(true, std::memory_order_relaxed);
         g_held.fetch_sub(1, std::memory_order_acq_rel);
+        policy::bump(runtime::counters().closes_held_full);
         return -1;
     }
     for (int i = 0; i < kPlaces; ++i) {
@@ -258,6 +261,8 @@ void forget_fd(int fd) {
         }
     }
 }
+
+bool thread_wanted() { return g_thread_wanted.load(std::memory_order_relaxed); }
 
 void stop_holding() { g_stopped.store(true, std::memory_order_release); }
 

@@ -33,6 +33,12 @@ enum class Origin : std::uint8_t { Close, Dup2 };
 // decided until publish().
 int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Origin origin);
 
+// True once a close wanted to hold a socket and found no background thread:
+// the next matched connect() starts it. Until then no thread exists for this
+// (a second thread makes every glibc cancellation point — read, write,
+// close, connect — take its multi-threaded path, ~50 instructions a call).
+bool thread_wanted();
+
 // Hands a claimed place to the background thread; call once the
 // application's descriptor is gone.
 void publish(int place);

@@ -144,7 +144,9 @@ def test_pgbench_with_a_slow_terminate_reply_leaves_no_time_wait(make_netns, lib
         # peer's FIN (carrying the ACK) usually came first.
         assert st["closes_held"] >= CONNS * 9 // 10, st
         assert st["closes_held_peer_closed"] + st["closes_rst_background"] >= st["closes_held"] - 10, st
-        assert st["closes_held_full"] == 0 and st["ack_wait_us"] == 0, "close() itself never waited"
+        # Only the first close waited on the spot: the background thread starts
+        # with the connect after it (never inside a close()).
+        assert st["closes_held_full"] <= 1 and st["ack_wait_us"] <= 25_000, st
         # The budget (250 ms + 2 x srtt) ran out for hardly any: they are the
         # TIME_WAIT allowed above. How long decisions took is printed, not
         # asserted: under the hogs it is mostly this thread waiting for a core.
