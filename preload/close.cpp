@@ -114,12 +114,14 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
     storm::on_close(fd, s);
     policy::bump(counters.closes);
     CloseApplied applied;
-    if (config.close == policy::CloseMode::Keep) return applied;
+    // Never connected by this process (a listener, a socket closed before its
+    // connect): nothing to decide, in any mode.
+    if (config.close == policy::CloseMode::Keep || (flags & fdtable::kConnectCalled) == 0) return applied;
     if (config.close == policy::CloseMode::Rst && s.refs.load(std::memory_order_acquire) != 1) {
         // Not the last descriptor (a copy dup2'ed over another, one of two
         // closed): the socket lives on. The common case of dup2 on sockets,
         // so decided before anything is gathered.
-        if ((flags & fdtable::kConnectCalled) != 0 && log::enabled(policy::LogLevel::Debug))
+        if (log::enabled(policy::LogLevel::Debug))
             log::at(policy::LogLevel::Debug, "{} {} to {}: normal close (another descriptor still refers to it)",
                     origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest);
         return applied;
