@@ -19,12 +19,15 @@ BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 # real programs the integration tests run under the preload (haproxy,
 # redis-server + php-redis, MariaDB + sysbench); matplotlib for ab --plot and
 # the benchmark chart; man-db/groff for the manuals; dpkg-dev/file for the
-# package; prometheus for promtool's check of the .prom output.
+# package; prometheus for promtool's check of the .prom output; clang (BPF
+# target), bpftool and the static libbpf/libelf/zlib/zstd for `tcpfix attach`,
+# golang-go for the static Go client its tests run.
 DEPS_PACKAGES=(cmake make g++ libfmt-dev libcli11-dev libgtest-dev python3 python3-pytest
                  iproute2 nftables procps strace
                  haproxy redis-server php-cli php-redis mariadb-server mariadb-client sysbench
                  python3-matplotlib valgrind man-db groff-base dpkg-dev file prometheus
-                 clang libclang-rt-14-dev)
+                 clang libclang-rt-14-dev
+                 bpftool libbpf-dev libelf-dev zlib1g-dev libzstd-dev golang-go)
 
 tcpfix_require_root() {
     if [[ $(id -u) -ne 0 ]]; then
