@@ -137,7 +137,13 @@ void Programs::attach(int cgroup_fd) {
         if (*out == nullptr) {
             int err = errno;
             detach();
-            throw std::runtime_error(failure(what, err));
+            auto why = failure(what, err);
+            if (err == EPERM)
+                why += "; a program attached to it without BPF_F_ALLOW_MULTI excludes every other "
+                       "(bpftool cgroup show)";
+            else if (err == EINVAL)
+                why += "; tcpfix attach needs BPF links for cgroups (Linux 5.7+)";
+            throw std::runtime_error(why);
         }
     };
     link(skel_->progs.tcpfix_sockops, &skel_->links.tcpfix_sockops,

@@ -122,7 +122,8 @@ std::string cgroup2_mount() {
     throw UsageError(
         "attach: cgroup v2 is not mounted here (no cgroup2 line in /proc/self/mountinfo); "
         "tcpfix attach needs the unified hierarchy (Linux 4.5+), on hybrid hosts at "
-        "/sys/fs/cgroup/unified");
+        "/sys/fs/cgroup/unified; `ip netns exec` hides it (it mounts /sys anew): enter a "
+        "namespace with `nsenter --net=/run/netns/NAME` instead");
 }
 
 std::string resolve_cgroup(const std::string& given, const std::string& mount) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,30 @@ def test_disable_runs_the_command_with_nothing_attached(netns, attach_cli):
     assert r.returncode == 5, show(r)
     assert "nothing attached" in r.stderr
     assert tcpfix_programs() == []
+
+
+def test_a_cgroup_held_exclusively_is_refused(netns, make_cgroup, attach_cli):
+    """A program attached the old way, without BPF_F_ALLOW_MULTI, excludes
+    every other: attach says so and leaves the cgroup as it was."""
+    donor, held = make_cgroup(), make_cgroup()
+    d = Attach(netns, attach_cli, ["--cgroup", str(donor.path), "--close", "rst"])
+    prog = str(d.wait_event("attached")["programs"][0])
+    r = subprocess.run(["bpftool", "cgroup", "attach", str(held.path), "sock_ops", "id", prog],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert d.stop() == 0
+        line = refused(attach(netns, attach_cli, "--cgroup", str(held.path), "--close", "rst"), 3)
+        assert line.startswith("tcpfix: cannot attach the sock_ops program to the cgroup: "
+                               "Operation not permitted"), line
+        assert "without BPF_F_ALLOW_MULTI" in line
+        assert [l.split()[0] for l in bpf_attached(held.path)] == [prog]
+    finally:
+        subprocess.run(["bpftool", "cgroup", "detach", str(held.path), "sock_ops", "id", prog])
+    assert bpf_attached(held.path) == []
+
+
+def test_ip_netns_exec_hides_the_cgroup_mount_and_attach_says_what_to_do(netns, attach_cli):
+    r = netns.run([str(attach_cli), "attach", "--cgroup", "/x", "--close", "rst"])
+    line = refused(r)
+    assert "cgroup v2 is not mounted here" in line and "nsenter --net=" in line, line
