@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASE_ENV, CLI, REPO, Netns, _require_file
+from conftest import BASE_ENV, REPO, Netns
 
 GO_SOURCE = REPO / "tests" / "programs" / "go_client.go"
 GO_CACHE_ROOT = Path("/var/tmp/tcpfix-go")
@@ -305,5 +305,5 @@ def start_server(ns: Netns, program, port: int, **kw):
 __all__ = [
     "Attach", "Cgroup", "bpf_attached", "cgroup2_mount", "go_client", "go_run", "last_json",
     "make_cgroup", "nsenter_argv", "popen_in", "run_in", "sockets", "start_server",
-    "tcpfix_links", "tcpfix_programs", "attach_cli", "_require_file", "CLI",
+    "tcpfix_links", "tcpfix_programs", "attach_cli",
 ]

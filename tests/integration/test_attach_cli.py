@@ -6,16 +6,13 @@ Nothing is attached when the start is refused.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from attach_env import (Attach, attach_cli, bpf_attached, cgroup2_mount, make_cgroup,  # noqa: F401
-                        run_in, tcpfix_programs)
+from attach_env import Attach, bpf_attached, cgroup2_mount, run_in, tcpfix_programs
 from helpers import show
 
 UNCARRIED = [

@@ -17,8 +17,7 @@ import re
 import threading
 import time
 
-from attach_env import (Attach, attach_cli, bpf_attached, go_client, go_run,  # noqa: F401
-                        make_cgroup, popen_in, last_json, sockets, start_server)
+from attach_env import Attach, bpf_attached, go_run, popen_in, last_json, sockets, start_server
 
 RANGE = (40000, 40199)
 DURATION_MS = 4000

@@ -16,9 +16,8 @@ import signal
 import time
 from pathlib import Path
 
-from attach_env import (Attach, Cgroup, attach_cli, bpf_attached, cgroup2_mount,  # noqa: F401
-                        go_client, last_json, make_cgroup, popen_in, run_in, start_server,
-                        tcpfix_links, tcpfix_programs)
+from attach_env import (Attach, Cgroup, bpf_attached, cgroup2_mount, last_json, popen_in, run_in,
+                        start_server, tcpfix_links, tcpfix_programs)
 from helpers import settled_time_wait, show
 
 
@@ -139,3 +138,21 @@ def test_follows_a_cgroup_that_goes_and_comes_back(netns, make_cgroup, attach_cl
     assert len(bpf_attached(cg.path)) == 1
     assert d.stop() == 0
     assert bpf_attached(cg.path) == [] and tcpfix_programs() == []
+
+
+def test_sockets_in_another_network_namespace_are_left_alone(make_netns, make_cgroup, program,
+                                                            go_client, attach_cli):
+    """attach destroys and reaps only in its own network namespace; a
+    socket of the cgroup elsewhere (a container's) is counted and warned
+    about once, and its TIME_WAIT entries stay."""
+    home, away = make_netns(), make_netns()
+    cg = make_cgroup()
+    start_server(away, program, 5000)
+    d = Attach(home, attach_cli, ["--cgroup", str(cg.path), "--close", "rst"])
+    from attach_env import go_run
+    r = go_run(away, go_client, "probe", "127.0.0.1", "5000", "10", "10", cgroup=cg)
+    assert r["ok"] == 10
+    assert len(settled_time_wait(away, 5000)) == 10
+    assert d.stop() == 0
+    warnings = [l for l in d.text().splitlines() if "another network namespace" in l]
+    assert len(warnings) == 1, d.text()

@@ -17,8 +17,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from attach_env import (Attach, attach_cli, bpf_attached, go_client, go_run,  # noqa: F401
-                        make_cgroup, run_in, sockets, start_server)
+from attach_env import Attach, bpf_attached, go_run, run_in, start_server
 from conftest import parse_summary
 from helpers import settled_time_wait, show
 
@@ -111,3 +110,36 @@ def test_attach_reaches_a_set_user_id_prober(make_netns, make_cgroup, program, a
         assert bpf_attached(cg.path) == []
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+DUAL_STACK_PROBER = """
+import errno, socket, time
+ok = fail = 0
+for i in range(PROBES):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        s.connect(("::ffff:127.0.0.1", 5000))
+        ok += 1
+    except OSError as e:
+        fail += 1
+    s.close()
+    time.sleep(0.01)
+print(f"ok={ok} eaddrnotavail={fail} other=0")
+"""
+
+
+def test_a_dual_stack_client_is_matched_by_its_ipv4_rule(make_netns, make_cgroup, program,
+                                                         attach_cli):
+    """An AF_INET6 socket to ::ffff:127.0.0.1 (the JVM's way): the rule
+    127.0.0.1:5000 matches it in the kernel, and its TIME_WAIT entry (an
+    IPv6 socket's, with mapped addresses) is found and destroyed."""
+    from conftest import PYTHON
+    ns = make_netns()
+    cg = make_cgroup()
+    start_server(ns, program, 5000)
+    daemon = Attach(ns, attach_cli, ["--cgroup", str(cg.path), "--close", "rst", "--match",
+                                     "127.0.0.1:5000"])
+    r = run_in(ns, [PYTHON, "-c", DUAL_STACK_PROBER.replace("PROBES", str(PROBES))], cgroup=cg)
+    assert parse_summary(r.stdout) == {"ok": PROBES, "eaddrnotavail": 0, "other": 0}, show(r)
+    assert tw_to(ns, 5000) == 0
+    assert daemon.stop() == 0

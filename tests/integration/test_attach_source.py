@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 
-from attach_env import (Attach, attach_cli, bpf_attached, go_client, go_run,  # noqa: F401
-                        make_cgroup, run_in, start_server)
+from attach_env import Attach, bpf_attached, go_run, run_in, start_server
 from conftest import PYTHON
 
 RANGE = (40000, 40099)

@@ -18,9 +18,8 @@ from __future__ import annotations
 import signal
 import time
 
-from attach_env import (Attach, attach_cli, bpf_attached, go_client, last_json,  # noqa: F401
-                        make_cgroup, popen_in, sockets, start_server, tcpfix_links,
-                        tcpfix_programs)
+from attach_env import (Attach, bpf_attached, last_json, popen_in, sockets, start_server,
+                        tcpfix_links, tcpfix_programs)
 
 CYCLES = 20
 MATCHED_CLIENTS = 13

@@ -17,7 +17,7 @@ The namespace keeps no TIME_WAIT entries (tcp_max_tw_buckets=0), so the
 
 from __future__ import annotations
 
-from attach_env import Attach, attach_cli, go_client, go_run, make_cgroup, start_server  # noqa: F401
+from attach_env import Attach, go_run, start_server
 from deadline_env import SynLoss
 
 RTO_MS = 40
