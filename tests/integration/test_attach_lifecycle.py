@@ -156,3 +156,17 @@ def test_sockets_in_another_network_namespace_are_left_alone(make_netns, make_cg
     assert d.stop() == 0
     warnings = [l for l in d.text().splitlines() if "another network namespace" in l]
     assert len(warnings) == 1, d.text()
+
+
+def test_prometheus_stats_pass_promtool(netns, attach_cli, stats_dir):
+    import subprocess
+    prom = stats_dir / "attach.prom"
+    r = run_in(netns, [str(attach_cli), "attach", "--close", "rst", "--tag", "arm-a", "--stats",
+                       str(prom), "--", "true"])
+    assert r.returncode == 0, show(r)
+    text = prom.read_text()
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert 'tcpfix_attach_time_wait_destroyed_total{tag="arm-a"} 0' in text
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
