@@ -189,6 +189,9 @@ void Daemon::reap_due(std::uint64_t now) {
         deadlines_.erase(deadlines_.begin());
         auto it = close_wait_.find(cookie);
         if (it == close_wait_.end()) continue;  // the application closed it in time
+        // A sweep may have found the socket just before its own event came
+        // in, with a later time: that event's deadline is the one to keep.
+        if (it->second.since_ns + static_cast<std::uint64_t>(reap_ns_) > now) continue;
         reap(it->second, now);
         close_wait_.erase(it);
     }
