@@ -33,6 +33,7 @@ int tcpfix_main(int argc, char** argv) {
         add_churn(app),
         add_doctor(app),
         add_ab(app),
+        add_attach(app),
     };
     try {
         app.parse(argc, argv);
