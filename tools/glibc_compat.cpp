@@ -24,7 +24,9 @@
 #include <link.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -87,6 +89,20 @@ TCPFIX_FORWARD(int, glob,
                (const char* pattern, int flags, int (*err)(const char*, int), glob_t* out),
                (pattern, flags, err, out))
 TCPFIX_FORWARD(void, globfree, (glob_t * g), (g))
+// libbpf reads an in-memory kconfig with fmemopen (new semantics in 2.22 for
+// writing and binary modes; reading, all it does, is the same before).
+TCPFIX_FORWARD(FILE*, fmemopen, (void* buf, size_t size, const char* mode), (buf, size, mode))
+
+// fcntl64 (2.28) is fcntl on 64-bit: off_t is already 64 bits.
+int tcpfix_old_fcntl(int fd, int cmd, ...);
+TCPFIX_OLD(tcpfix_old_fcntl, fcntl);
+int __wrap_fcntl64(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    void* arg = va_arg(ap, void*);
+    va_end(ap);
+    return tcpfix_old_fcntl(fd, cmd, arg);
+}
 
 // libstdc++'s thread support asks for __pthread_key_create (weakly) to know
 // whether threads are linked in: the same function as pthread_key_create.
