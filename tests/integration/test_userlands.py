@@ -87,6 +87,18 @@ def test_library_loads_and_refuses_as_on_debian12(u, make_netns):
                                   "expected a duration such as 250ms or 2s"), show(bad)
 
 
+def test_command_start_up_and_shutdown(u):
+    """An executable built like the command (libstdc++ inside, glibc
+    references redirected by tools/glibc_compat.cpp): constructors run exactly
+    once before main (Debian 11's loader takes the old __libc_start_main, its
+    only one), then a thread, an exception (the unwinder's _dl_find_object),
+    atexit handlers and destructors."""
+    r = u.chroot([f"{u.scratch}/startprobe", "one", "two"])
+    assert r.returncode == 7, show(r)
+    assert r.stdout == ("constructors 1 1; argc 3 argv0 set; thread ran; exception caught\n"
+                        "atexit handler\nglobal destructor\n"), show(r)
+
+
 def test_command_runs_there(u, make_netns, program):
     """The tcpfix command (static) in that userland: run, probe, churn and
     doctor do their work, as on Debian 12."""

@@ -33,6 +33,7 @@ from pathlib import Path
 from conftest import BASE_ENV, CLI, HERE, LIB, REPO
 
 CHROOT_SCRIPT = REPO / "scripts" / "chroot.sh"
+STARTPROBE = LIB.parent / "tests" / "floor" / "startprobe"
 PROGRAM_SOURCES = REPO / "tests" / "programs"
 
 # Which C clients each userland builds for itself.
@@ -140,6 +141,7 @@ def prepare(suite: str, clients: tuple[str, ...] = C_CLIENTS) -> Userland:
     try:
         shutil.copy2(LIB, scratch / "libtcpfix.so")
         shutil.copy2(CLI, scratch / "tcpfix")  # finds the library beside itself
+        shutil.copy2(STARTPROBE, scratch / "startprobe")
         shutil.copy2(HERE / "py_prober.py", scratch / "py_prober.py")
         shutil.copy2(PROGRAM_SOURCES / "progutil.h", scratch / "src" / "progutil.h")
         for name in clients:
