@@ -18,6 +18,14 @@
  *   dup2_socket    dup2() of a TCP socket onto a fixed descriptor that holds
  *                  the previous copy (the hook's share/release path)
  *   dup2_file      the same with an eventfd (one TCP socket held, as above)
+ *   close_lat      N times: connect to the listener, one request and its reply
+ *                  (the server's kernel is then in interactive mode and
+ *                  delays the ACK of the client's next bytes: 40 ms on
+ *                  loopback), a final "QUIT\r\n", and close() at once — the
+ *                  close a database client makes. Reports how long close()
+ *                  itself took, not a loop:
+ *                  {"op":"close_lat","n":N,"close_us":{"p50":..,"p90":..,
+ *                   "p99":..,"max":..,"mean":..}}
  *   mem            opens N TCP sockets with socket(), then reports the
  *                  process's memory (/proc/self/smaps_rollup); N = 0 is an
  *                  idle process
@@ -169,6 +177,52 @@ static void setup_listener(struct ctx *c) {
     if (getsockname(c->listener, (struct sockaddr *)&c->addr, &len) != 0) die("getsockname");
 }
 
+/* -- close() latency with the last ACK due --------------------------------- */
+
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+static void xfer(int from, int to, const char *msg) {
+    char buf[64];
+    size_t len = strlen(msg);
+    if (write(from, msg, len) != (ssize_t)len) die("write");
+    if (read(to, buf, sizeof buf) != (ssize_t)len) die("read");
+}
+
+static int run_close_lat(long n) {
+    struct ctx c;
+    setup_listener(&c);
+    long long *took = calloc((size_t)(n > 0 ? n : 1), sizeof *took);
+    if (took == NULL) die("calloc");
+    double sum = 0;
+    for (long i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0) die("socket");
+        if (connect(fd, (struct sockaddr *)&c.addr, sizeof c.addr) != 0) die("connect");
+        int conn = accept(c.listener, NULL, NULL);
+        if (conn < 0) die("accept");
+        xfer(fd, conn, "SELECT 1;");
+        xfer(conn, fd, "1 row");
+        if (write(fd, "QUIT\r\n", 6) != 6) die("write QUIT");
+        long long t0 = clock_ns(CLOCK_MONOTONIC);
+        if (close(fd) != 0) die("close");
+        took[i] = clock_ns(CLOCK_MONOTONIC) - t0;
+        sum += (double)took[i];
+        if (close(conn) != 0) die("close (server end)");
+    }
+    qsort(took, (size_t)n, sizeof *took, cmp_ll);
+#define PCT(q) (n > 0 ? (double)took[(long)((double)(n - 1) * (q))] / 1000.0 : 0.0)
+    printf("{\"op\":\"close_lat\",\"n\":%ld,\"close_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,"
+           "\"max\":%.1f,\"mean\":%.1f}}\n",
+           n, PCT(0.5), PCT(0.9), PCT(0.99), PCT(1.0), n > 0 ? sum / (double)n / 1000.0 : 0.0);
+#undef PCT
+    fflush(stdout);
+    free(took);
+    return 0;
+}
+
 /* -- memory --------------------------------------------------------------- */
 
 static long rollup_kb(const char *text, const char *field) {
@@ -197,7 +251,7 @@ static int run_mem(long n) {
 int main(int argc, char **argv) {
     if (argc < 3 || argc > 5 || (argc == 5 && strcmp(argv[4], "paired") != 0)) {
         fprintf(stderr, "usage: hookbench OP N [BATCHES [paired]]\n"
-                        "  OP: close_file socket_close connect_close dup2_socket dup2_file mem\n");
+                        "  OP: close_file socket_close connect_close dup2_socket dup2_file close_lat mem\n");
         return 64;
     }
     const char *op = argv[1];
@@ -205,6 +259,7 @@ int main(int argc, char **argv) {
     long batches = argc >= 4 ? parse_long(argv[3], "BATCHES", 1, MAX_BATCHES) : 5;
     int paired = argc == 5;
     if (strcmp(op, "mem") == 0) return run_mem(n);
+    if (strcmp(op, "close_lat") == 0) return run_close_lat(n);
     f = linked;
 
     struct ctx c = {.listener = -1, .dup_socket = -1, .dup_file = -1};

@@ -12,6 +12,10 @@ Sections (--only picks some; all by default):
   hooks     ns per call of five loops (bench/hookbench.c) under every
             configuration, plus an A/A control (the unpreloaded program
             twice) that shows the measurement's own noise
+  closelat  how long close() takes under TCPFIX_CLOSE=rst when the peer's
+            ACK of a final message is still due (bench/hookbench.c
+            close_lat: a server kernel delaying its ACK, as a database's
+            does), against the unpreloaded close()
   callgrind added user-space instructions per call, exact: valgrind
             --tool=callgrind counts a run of N1 and of N2 iterations, and
             (I(N2) - I(N1)) / (N2 - N1) removes start-up and the library's
@@ -125,6 +129,7 @@ def plan(quick: bool) -> dict:
             "syn_rounds": 1, "syn_duration_s": 1, "syn_threads": 8, "syn_hz": 20, "syn_grace_s": 1.5,
             "storm_rounds": 1, "storm_duration_s": 1.5,
             "mem_rounds": 1, "mem_sockets": 1000,
+            "closelat_rounds": 1, "closelat_n": 50,
         }
     return {
         "hook_rounds": 5, "hook_batches": 3,
@@ -142,6 +147,7 @@ def plan(quick: bool) -> dict:
         "syn_rounds": 3, "syn_duration_s": 4, "syn_threads": 32, "syn_hz": 20, "syn_grace_s": 3.5,
         "storm_rounds": 2, "storm_duration_s": 6,
         "mem_rounds": 3, "mem_sockets": None,  # None: as many as the descriptor limit allows
+        "closelat_rounds": 3, "closelat_n": 500,
     }
 
 
@@ -413,6 +419,29 @@ def section_hooks(build: Build, p: dict) -> dict:
                       "clock also counts the time other work held the core (see the A/A "
                       "control). Configurations run back to back for each loop, order rotated "
                       "each round; ratios per round against the unpreloaded run of the same round"}
+
+
+# -- section: closelat ------------------------------------------------------------------------
+
+CLOSELAT_CONFIGS = ["none", "close_rst"]
+
+
+def section_closelat(build: Build, p: dict) -> dict:
+    runs = {c: [] for c in CLOSELAT_CONFIGS}
+    with hooks_ns() as ns:
+        for r in range(p["closelat_rounds"]):
+            say(f"closelat: round {r + 1}/{p['closelat_rounds']}")
+            for cfg in rotated(CLOSELAT_CONFIGS, r):
+                out = checked(ns.run([build.hookbench, "close_lat", p["closelat_n"]], build.env(CONFIGS[cfg]),
+                                     timeout=300), f"hookbench close_lat ({cfg})")
+                runs[cfg].append(parse_json_line(out.stdout, "hookbench close_lat")["close_us"])
+    keys = ("p50", "p90", "p99", "max", "mean")
+    return {"what": "microseconds one close() takes right after a final write whose ACK the peer's "
+                    "kernel delays (request, reply, QUIT, close)",
+            "closes_per_round": p["closelat_n"], "rounds": p["closelat_rounds"],
+            "configs": {c: CONFIG_LABELS[c] for c in CLOSELAT_CONFIGS},
+            "close_us": {c: {k: summary([r[k] for r in runs[c]]) for k in keys} for c in CLOSELAT_CONFIGS},
+            "runs": runs}
 
 
 # -- section: callgrind -----------------------------------------------------------------------
@@ -1047,6 +1076,15 @@ def summary_md(report: dict) -> str:
                 lines.append(f"| {name} | " + " | ".join(
                     fmt_range(hooks[op][cfg][metric]["ratio_to_unpreloaded"], 1, pct=True) for op in cols) + " |")
             lines.append("")
+    cl = report.get("closelat")
+    if cl:
+        lines += [f"close() right after a final write whose ACK is still due, µs, median (min … max) over "
+                  f"{cl['rounds']} rounds of {cl['closes_per_round']}:", "",
+                  "| configuration | p50 | p90 | p99 | max | mean |", "| --- | --- | --- | --- | --- | --- |"]
+        for cfg in CLOSELAT_CONFIGS:
+            lines.append(f"| {'not preloaded' if cfg == 'none' else cfg} | " + " | ".join(
+                fmt_range(cl["close_us"][cfg][k], 1) for k in ("p50", "p90", "p99", "max", "mean")) + " |")
+        lines.append("")
     lines.append("Targets:")
     lines.append("")
     for t in report["targets"]:
@@ -1132,7 +1170,7 @@ def summary_md(report: dict) -> str:
 
 # -- main -------------------------------------------------------------------------------------
 
-SECTIONS = ["hooks", "callgrind", "rate", "synloss", "storm", "memory"]
+SECTIONS = ["hooks", "closelat", "callgrind", "rate", "synloss", "storm", "memory"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1176,6 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
     policies: dict = {}
     runners = {
         "hooks": lambda: report.__setitem__("hooks", section_hooks(build, p)),
+        "closelat": lambda: report.__setitem__("closelat", section_closelat(build, p)),
         "callgrind": lambda: report.__setitem__("callgrind", section_callgrind(build, p)),
         "rate": lambda: policies.__setitem__("short_connections", section_rate(build, p)),
         "synloss": lambda: policies.__setitem__("syn_loss", section_synloss(build, p)),

@@ -1,17 +1,31 @@
 #include "policy/close.hpp"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace tcpfix::policy {
 
-std::int64_t ack_wait_budget_ns(std::uint32_t srtt_us) {
-    constexpr std::int64_t kSlackNs = 2'000'000;
-    constexpr std::int64_t kCapNs = 20'000'000;
-    return std::min<std::int64_t>(2 * static_cast<std::int64_t>(srtt_us) * 1000 + kSlackNs, kCapNs);
+std::int64_t ack_wait_budget_ns(std::uint32_t srtt_us, WaitBudget budget) {
+    const bool background = budget == WaitBudget::Background;
+    const std::int64_t slack_ns = background ? 250'000'000 : 2'000'000;
+    const std::int64_t cap_ns = background ? 1'000'000'000 : 20'000'000;
+    return std::min<std::int64_t>(2 * static_cast<std::int64_t>(srtt_us) * 1000 + slack_ns, cap_ns);
+}
+
+int max_held_sockets(std::uint64_t fd_limit) {
+    constexpr std::uint64_t kMax = 256;
+    return static_cast<int>(std::min<std::uint64_t>(kMax, fd_limit / 16));
+}
+
+int held_fd_floor(std::uint64_t fd_limit, int max_held) {
+    constexpr std::uint64_t kAboveSelect = 1024;
+    if (max_held <= 0 || fd_limit < static_cast<std::uint64_t>(max_held)) return -1;
+    if (fd_limit >= kAboveSelect + 2 * static_cast<std::uint64_t>(max_held)) return static_cast<int>(kAboveSelect);
+    return static_cast<int>(std::min<std::uint64_t>(fd_limit - static_cast<std::uint64_t>(max_held), INT32_MAX));
 }
 
 CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const SocketProbe* probe,
-                           std::int64_t waited_ns) {
+                           std::int64_t waited_ns, WaitBudget budget) {
     if (mode == CloseMode::Keep) return {CloseAction::Passthrough, "policy keep"};
     if (!book.connect_called) return {CloseAction::Passthrough, "not a connection of this process"};
     if (!book.matched) return {CloseAction::Passthrough, "destination not matched"};
@@ -46,7 +60,7 @@ CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const 
     }
     if (probe->unsent_bytes > 0) return {CloseAction::GracefulUnsent, "data not yet sent"};
     if (unacked_data > 0) {
-        if (waited_ns < ack_wait_budget_ns(probe->srtt_us))
+        if (waited_ns < ack_wait_budget_ns(probe->srtt_us, budget))
             return {CloseAction::WaitForAck, "data in flight: waiting for its ACK"};
         return {CloseAction::GracefulUnsent, "data still unacknowledged after the wait"};
     }

@@ -60,13 +60,35 @@ struct CloseDecision {
     const char* reason = "";
 };
 
-// The longest close() waits for the ACK of bytes in flight: twice the
-// smoothed RTT plus 2 ms (a loopback or LAN peer's quick ACK), at most 20 ms.
-std::int64_t ack_wait_budget_ns(std::uint32_t srtt_us);
+// How long a close may wait for the ACK of bytes in flight.
+enum class WaitBudget : std::uint8_t {
+    // In the caller's thread (close() when tcpfix holds too many sockets
+    // already, and exit): twice the smoothed RTT plus 2 ms (a loopback or LAN
+    // peer's quick ACK), at most 20 ms.
+    OnTheSpot,
+    // In tcpfix's own thread, the application's close() long returned: twice
+    // the smoothed RTT plus 250 ms, at most 1 s. A peer's kernel that delays
+    // its ACK to send it with its reply does so for at most 200 ms
+    // (Linux's TCP_DELACK_MAX; Windows' default delayed ACK is 200 ms too), so
+    // the ACK comes within this budget however slowly the server answers.
+    Background,
+};
+
+std::int64_t ack_wait_budget_ns(std::uint32_t srtt_us, WaitBudget budget = WaitBudget::OnTheSpot);
 
 // Decides the close. `probe` is null until the hook has probed (after a
-// Probe answer); `waited_ns` is how long the hook has already waited for ACKs.
+// Probe answer); `waited_ns` is how long tcpfix has already waited for ACKs.
 CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const SocketProbe* probe,
-                           std::int64_t waited_ns);
+                           std::int64_t waited_ns, WaitBudget budget = WaitBudget::OnTheSpot);
+
+// How many sockets tcpfix may hold for a background decision at once, given
+// the process's descriptor limit (soft RLIMIT_NOFILE): at most 256, and never
+// more than a sixteenth of the limit, so the application keeps its descriptors.
+int max_held_sockets(std::uint64_t fd_limit);
+
+// The lowest descriptor number tcpfix holds a socket at: 1024 and up, above
+// what select() can watch, when the limit leaves room for that; else the top
+// `max_held` numbers below the limit. -1 when no number is left.
+int held_fd_floor(std::uint64_t fd_limit, int max_held);
 
 }  // namespace tcpfix::policy

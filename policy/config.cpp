@@ -17,7 +17,8 @@ constexpr std::size_t kMaxTagLength = 64;
 
 constexpr std::array<VariableInfo, 15> kVariables = {{
     {"TCPFIX_CLOSE", "close", "keep, rst or rst-always", "rst",
-     "close() of a matched connection ends with RST instead of leaving TIME_WAIT (incident 000)",
+     "a matched connection ended by close(), dup2() or exit ends with RST instead of leaving TIME_WAIT "
+     "(incident 000)",
      false},
     {"TCPFIX_CONNECT_TIMEOUT", "connect-timeout", "a duration such as 250ms or 2s", "100ms",
      "a matched connect() not completed within this time fails with ETIMEDOUT (incident 003)",

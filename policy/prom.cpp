@@ -228,6 +228,28 @@ std::size_t render_stats_prom(const Counters& c, const StatsContext& ctx,
              "Time close() spent waiting for ACKs.");
     w.sample("tcpfix_close_ack_wait_seconds_total", tag,
              static_cast<double>(get(c.ack_wait_us)) / 1e6);
+    w.counter("tcpfix_closes_rst_dup2_total", "RSTs of sockets replaced by dup2() or dup3().", tag,
+              get(c.closes_rst_dup2));
+    w.counter("tcpfix_closes_at_exit_total", "Matched connections still open when the process exited.",
+              tag, get(c.closes_at_exit));
+    w.counter("tcpfix_closes_rst_at_exit_total", "Connections open at exit that ended with RST.", tag,
+              get(c.closes_rst_at_exit));
+    w.counter("tcpfix_closes_held_total",
+              "Closes whose last ACK was still due: the socket was held and decided in the background.",
+              tag, get(c.closes_held));
+    w.family("tcpfix_closes_held_max", "gauge", "Most sockets held for a background decision at once.");
+    w.sample("tcpfix_closes_held_max", tag, get(c.closes_held_max));
+    w.counter("tcpfix_closes_held_full_total",
+              "Closes decided on the spot: as many sockets held as may be, or no background thread yet.", tag,
+              get(c.closes_held_full));
+    w.counter("tcpfix_closes_rst_background_total", "RSTs decided in the background, once the last ACK came.",
+              tag, get(c.closes_rst_background));
+    w.counter("tcpfix_closes_held_peer_closed_total",
+              "Held sockets the peer closed first: closed normally, no TIME_WAIT to avoid.", tag,
+              get(c.closes_held_peer_closed));
+    w.family("tcpfix_held_ack_wait_seconds_total", "counter",
+             "Time held sockets waited for ACKs in the background.");
+    w.sample("tcpfix_held_ack_wait_seconds_total", tag, static_cast<double>(get(c.held_wait_us)) / 1e6);
     w.family("tcpfix_throttled_seconds_total", "counter",
              "Time connects waited for TCPFIX_RECONNECT_BACKOFF or TCPFIX_CONNECT_RATE.");
     w.sample("tcpfix_throttled_seconds_total", tag, static_cast<double>(get(c.throttled_ms)) / 1e3);

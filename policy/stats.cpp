@@ -36,8 +36,10 @@ struct BoundedWriter {
 void Counters::reset() {
     for (auto* c : {&sockets, &connects, &connects_matched, &connect_timeouts, &connect_retries,
                     &closes, &closes_rst, &closes_rst_after_wait, &closes_graceful_unsent,
-                    &closes_graceful_shared, &ack_wait_us, &throttled_ms, &close_wait_reaped,
-                    &source_addr_binds})
+                    &closes_graceful_shared, &ack_wait_us, &closes_rst_dup2, &closes_at_exit,
+                    &closes_rst_at_exit, &closes_held, &closes_held_max, &closes_held_full,
+                    &closes_rst_background, &closes_held_peer_closed, &held_wait_us, &throttled_ms,
+                    &close_wait_reaped, &source_addr_binds})
         c->store(0, std::memory_order_relaxed);
     for (auto& c : connect_errors) c.store(0, std::memory_order_relaxed);
     for (auto& c : source_addr_binds_by) c.store(0, std::memory_order_relaxed);
@@ -68,12 +70,18 @@ std::size_t render_stats_json(const Counters& c, const StatsContext& ctx, char* 
           "\"connect_latency_ms\":{{\"count\":{},\"p50\":{:.3f},\"p99\":{:.3f},\"max\":{:.3f}}},"
           "\"closes\":{},\"closes_rst\":{},"
           "\"closes_rst_after_wait\":{},\"closes_graceful_unsent\":{},\"closes_graceful_shared\":{},"
-          "\"ack_wait_us\":{},\"throttled_ms\":{},\"close_wait_reaped\":{},\"source_addr_binds\":{},"
+          "\"ack_wait_us\":{},\"closes_rst_dup2\":{},\"closes_at_exit\":{},\"closes_rst_at_exit\":{},"
+          "\"closes_held\":{},\"closes_held_max\":{},\"closes_held_full\":{},\"closes_rst_background\":{},"
+          "\"closes_held_peer_closed\":{},\"held_wait_us\":{},"
+          "\"throttled_ms\":{},\"close_wait_reaped\":{},\"source_addr_binds\":{},"
           "\"source_addrs\":{{",
           get(c.connect_timeouts), get(c.connect_retries), lat.count(),
           lat.percentile_us(0.50) / 1000.0, lat.percentile_us(0.99) / 1000.0, lat.max_us() / 1000.0,
           get(c.closes), get(c.closes_rst), get(c.closes_rst_after_wait),
           get(c.closes_graceful_unsent), get(c.closes_graceful_shared), get(c.ack_wait_us),
+          get(c.closes_rst_dup2), get(c.closes_at_exit), get(c.closes_rst_at_exit), get(c.closes_held),
+          get(c.closes_held_max), get(c.closes_held_full), get(c.closes_rst_background),
+          get(c.closes_held_peer_closed), get(c.held_wait_us),
           get(c.throttled_ms), get(c.close_wait_reaped), get(c.source_addr_binds));
     for (std::size_t i = 0; i < ctx.source_addr_count && i < Counters::kMaxSourceAddrs; ++i) {
         w.put("{}\"{}\":{{\"binds\":{},\"eaddrnotavail\":{}}}", i == 0 ? "" : ",",

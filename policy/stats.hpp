@@ -57,6 +57,16 @@ struct Counters {
     std::atomic<std::uint64_t> closes_graceful_unsent{0};  // rst refused: data could be lost
     std::atomic<std::uint64_t> closes_graceful_shared{0};  // rst refused: shared across fork
     std::atomic<std::uint64_t> ack_wait_us{0};             // time close() spent waiting for ACKs
+    // How a socket's end was reached (each RST is in closes_rst as well).
+    std::atomic<std::uint64_t> closes_rst_dup2{0};        // RST of a socket replaced by dup2/dup3
+    std::atomic<std::uint64_t> closes_at_exit{0};         // matched connections still open at exit
+    std::atomic<std::uint64_t> closes_rst_at_exit{0};     // ... ended with RST by tcpfix's exit handler
+    std::atomic<std::uint64_t> closes_held{0};            // handed to the background thread at close
+    std::atomic<std::uint64_t> closes_held_max{0};        // most held at once
+    std::atomic<std::uint64_t> closes_held_full{0};       // not held (at the bound, no thread yet): on the spot
+    std::atomic<std::uint64_t> closes_rst_background{0};  // RST decided by the background thread
+    std::atomic<std::uint64_t> closes_held_peer_closed{0};  // held; the peer closed first: normal close
+    std::atomic<std::uint64_t> held_wait_us{0};           // time held sockets waited for ACKs
     std::atomic<std::uint64_t> throttled_ms{0};
     std::atomic<std::uint64_t> close_wait_reaped{0};
     std::atomic<std::uint64_t> source_addr_binds{0};
@@ -75,6 +85,13 @@ struct Counters {
 
 inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) {
     c.fetch_add(n, std::memory_order_relaxed);
+}
+
+// Raises a high-water mark to n.
+inline void raise_to(std::atomic<std::uint64_t>& c, std::uint64_t n) {
+    std::uint64_t seen = c.load(std::memory_order_relaxed);
+    while (n > seen && !c.compare_exchange_weak(seen, n, std::memory_order_relaxed)) {
+    }
 }
 
 // What the JSON needs besides the counters, prepared once at start-up.

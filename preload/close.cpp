@@ -1,6 +1,8 @@
 // close(), close_range(), closefrom(): apply TCPFIX_CLOSE to a tracked socket
-// while its descriptor is still ours, then close. A descriptor that is not a
-// tracked socket costs one table lookup. Nothing here allocates or locks.
+// while its descriptor is still the application's, then close. A socket
+// whose last ACK is still due is handed to the background thread (hold.cpp)
+// and close() returns at once. A descriptor that is not a tracked socket
+// costs one table lookup. Nothing here allocates or locks.
 #include <linux/close_range.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
@@ -15,6 +17,7 @@
 #include "policy/close.hpp"
 #include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
+#include "preload/hold.hpp"
 #include "preload/hooks.hpp"
 #include "preload/kernel.hpp"
 #include "preload/log.hpp"
@@ -28,8 +31,30 @@ namespace {
 
 using policy::CloseAction;
 
-// Reads the kernel's view of the socket; false if it is no TCP socket (a
-// stale entry: the number was reused behind tcpfix's back).
+void sleep_ns(std::int64_t ns) {
+    timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    nanosleep(&ts, nullptr);  // a signal cuts it short; the caller re-measures
+}
+
+// Closes a descriptor taken out of the table.
+int close_taken(int fd, std::uint32_t index) {
+    if (index == fdtable::kOwned) {
+        forget_owned(fd);
+    } else if (index != 0) {
+        CloseApplied applied = apply_close_policy(fd, index, hold::Origin::Close);
+        fdtable::wait_not_busy(index);
+        fdtable::release(index);
+        int r = runtime::call_errno(real::close.get(), fd);
+        // Linux releases the descriptor even when close() reports an error.
+        if (applied.held >= 0) hold::publish(applied.held);
+        stats_file::maybe_refresh();
+        return r;
+    }
+    return runtime::call_errno(real::close.get(), fd);
+}
+
+}  // namespace
+
 bool probe_socket(int fd, policy::SocketProbe& probe) {
     tcp_info info{};
     socklen_t len = sizeof info;
@@ -49,37 +74,16 @@ bool probe_socket(int fd, policy::SocketProbe& probe) {
     return true;
 }
 
-void sleep_ns(std::int64_t ns) {
-    timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-    nanosleep(&ts, nullptr);  // a signal cuts it short; the caller re-measures
+void forget_owned(int fd) {
+    log::forget_fd(fd);
+    hold::forget_fd(fd);
 }
 
-// Closes a descriptor taken out of the table.
-int close_taken(int fd, std::uint32_t index) {
-    if (index == fdtable::kOwned) {
-        log::forget_fd(fd);
-    } else if (index != 0) {
-        apply_close_policy(fd, index);
-        fdtable::wait_not_busy(index);
-        fdtable::release(index);
-        stats_file::maybe_refresh();
-    }
-    return runtime::call_errno(real::close.get(), fd);
-}
+namespace {
 
-}  // namespace
-
-void apply_close_policy(int fd, std::uint32_t index) {
-    const policy::Config& config = runtime::config();
-    auto& counters = runtime::counters();
-    fdtable::Slot& s = fdtable::slot(index);
-    std::uint32_t flags = s.flags.load(std::memory_order_acquire);
-    if ((flags & fdtable::kDeadlineArmed) != 0) connect_policy::disarm(index, s);
-    storm::on_close(fd, s);
-    policy::bump(counters.closes);
-    if (config.close == policy::CloseMode::Keep) return;
-
-    runtime::ErrnoGuard keep_errno;
+// bookkeeping(), inlined into the close path.
+__attribute__((always_inline)) inline policy::SocketBookkeeping gather(int fd, const fdtable::Slot& s,
+                                                                       std::uint32_t flags) {
     policy::SocketBookkeeping book;
     book.connect_called = (flags & fdtable::kConnectCalled) != 0;
     book.matched = (flags & fdtable::kMatched) != 0;
@@ -92,7 +96,40 @@ void apply_close_policy(int fd, std::uint32_t index) {
         book.maybe_shared = fd_flags < 0 || (fd_flags & FD_CLOEXEC) == 0;
     }
     book.app_set_linger = (flags & fdtable::kAppLinger) != 0;
+    return book;
+}
 
+}  // namespace
+
+policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags) {
+    return gather(fd, s, flags);
+}
+
+CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin) {
+    const policy::Config& config = runtime::config();
+    auto& counters = runtime::counters();
+    fdtable::Slot& s = fdtable::slot(index);
+    std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    if ((flags & fdtable::kDeadlineArmed) != 0) connect_policy::disarm(index, s);
+    storm::on_close(fd, s);
+    policy::bump(counters.closes);
+    CloseApplied applied;
+    // Never connected by this process (a listener, a socket closed before its
+    // connect): nothing to decide, in any mode.
+    if (config.close == policy::CloseMode::Keep || (flags & fdtable::kConnectCalled) == 0) return applied;
+    if (config.close == policy::CloseMode::Rst && s.refs.load(std::memory_order_acquire) != 1) {
+        // Not the last descriptor (a copy dup2'ed over another, one of two
+        // closed): the socket lives on. The common case of dup2 on sockets,
+        // so decided before anything is gathered.
+        if (log::enabled(policy::LogLevel::Debug))
+            log::at(policy::LogLevel::Debug, "{} {} to {}: normal close (another descriptor still refers to it)",
+                    origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest);
+        return applied;
+    }
+
+    runtime::ErrnoGuard keep_errno;
+    const policy::SocketBookkeeping book = gather(fd, s, flags);
+    const char* how = origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd";
     policy::SocketProbe probe;
     bool probed = false;
     std::int64_t started = 0, waited = 0, step = 20'000;
@@ -101,46 +138,54 @@ void apply_close_policy(int fd, std::uint32_t index) {
         switch (d.action) {
             case CloseAction::Passthrough:
                 if (book.connect_called)
-                    log::at(policy::LogLevel::Debug, "close fd {} to {}: normal close ({})", fd, s.dest, d.reason);
-                return;
+                    log::at(policy::LogLevel::Debug, "{} {} to {}: normal close ({})", how, fd, s.dest, d.reason);
+                return applied;
             case CloseAction::Probe:
-                if (!probe_socket(fd, probe)) return;
+                if (!probe_socket(fd, probe)) return applied;
                 probed = true;
                 started = runtime::now_ns();
                 continue;
             case CloseAction::WaitForAck: {
+                // The ACK is due: let the background thread wait for it, so
+                // close() returns at once. Only when it holds all it may (or
+                // cannot), wait here, as briefly as before.
+                if (waited == 0) {
+                    applied.held = hold::claim(fd, s, probe, origin);
+                    if (applied.held >= 0) return applied;
+                }
                 std::int64_t budget = policy::ack_wait_budget_ns(probe.srtt_us);
                 sleep_ns(std::min(step, std::max<std::int64_t>(budget - waited, 1000)));
                 step = std::min<std::int64_t>(step * 2, 1'000'000);
-                waited = runtime::now_ns() - started;
-                if (!probe_socket(fd, probe)) return;
+                waited = std::max<std::int64_t>(runtime::now_ns() - started, 1);
+                if (!probe_socket(fd, probe)) return applied;
                 continue;
             }
             case CloseAction::Rst: {
                 linger l{1, 0};
-                if (real::setsockopt.get()(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0) return;
+                if (real::setsockopt.get()(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0) return applied;
+                applied.linger = true;
                 policy::bump(counters.closes_rst);
+                if (origin == hold::Origin::Dup2) policy::bump(counters.closes_rst_dup2);
                 if (waited > 0) {
                     policy::bump(counters.closes_rst_after_wait);
                     policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                 }
-                log::at(policy::LogLevel::Debug, "close fd {} to {}: RST ({}; waited {} us)", fd, s.dest,
-                        d.reason, waited / 1000);
-                return;
+                log::at(policy::LogLevel::Debug, "{} {} to {}: RST ({}; waited {} us)", how, fd, s.dest, d.reason,
+                        waited / 1000);
+                return applied;
             }
             case CloseAction::GracefulUnsent:
                 policy::bump(counters.closes_graceful_unsent);
                 policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                 log::at(policy::LogLevel::Info,
-                        "close fd {} to {}: graceful, not RST: {} ({} bytes unsent, {} unacknowledged, "
+                        "{} {} to {}: graceful, not RST: {} ({} bytes unsent, {} unacknowledged, "
                         "waited {} us)",
-                        fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
-                return;
+                        how, fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                return applied;
             case CloseAction::GracefulShared:
                 policy::bump(counters.closes_graceful_shared);
-                log::at(policy::LogLevel::Debug, "close fd {} to {}: graceful, not RST: {}", fd, s.dest,
-                        d.reason);
-                return;
+                log::at(policy::LogLevel::Debug, "{} {} to {}: graceful, not RST: {}", how, fd, s.dest, d.reason);
+                return applied;
         }
     }
 }
@@ -151,11 +196,14 @@ void take_range(unsigned first, unsigned last) {
     fdtable::for_each(first, last, [](int fd, std::uint32_t) {
         std::uint32_t index = fdtable::take(fd);
         if (index == fdtable::kOwned) {
-            log::forget_fd(fd);
+            forget_owned(fd);
         } else if (index != 0) {
-            apply_close_policy(fd, index);
+            CloseApplied applied = apply_close_policy(fd, index, hold::Origin::Close);
             fdtable::wait_not_busy(index);
             fdtable::release(index);
+            // Published before the descriptor closes: the background thread
+            // then acts on the socket, never on the application's number.
+            if (applied.held >= 0) hold::publish(applied.held);
         }
     });
 }

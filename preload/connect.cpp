@@ -7,6 +7,7 @@
 
 #include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
+#include "preload/hold.hpp"
 #include "preload/hooks.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
@@ -138,6 +139,9 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     policy::bump(counters.connects);
     policy::bump(counters.destinations.get(*dest).connects);
     if (matched) policy::bump(counters.connects_matched);
+    // A close found its ACK due and had no thread to hand the socket to:
+    // start it here, never in a close() (which a signal handler may call).
+    if (matched && hold::thread_wanted()) connect_policy::start_timer();
 
     int r = 0;
     if (matched) {

@@ -71,6 +71,15 @@ int translate_so_error(fdtable::Slot& s, int err);
 // timer); false if it cannot be started.
 bool start_timer();
 
+// True once the watchdog thread runs in this process.
+bool timer_running();
+
+// Wakes the watchdog thread to look at its timers again (a socket was just
+// held), unless it sleeps only until due_ns or less anyway: a wake-up costs
+// the caller a few tens of microseconds when the scheduler lets the woken
+// thread run first.
+void wake_timer_unless_due_by(std::int64_t due_ns);
+
 // A signal interrupted a wait a blocking connect() would have been in: true
 // when every installed handler has SA_RESTART (the kernel would restart it).
 bool handlers_restart();

@@ -22,6 +22,7 @@
 #include <climits>
 
 #include "preload/connect_policy.hpp"
+#include "preload/hold.hpp"
 #include "preload/kernel.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
@@ -68,6 +69,8 @@ Entry g_entries[kEntries];
 std::atomic<int> g_high_water{0};  // entries at or above are untouched
 std::atomic<std::uint32_t> g_wake{0};
 std::atomic<bool> g_thread_started{false};
+// When the sleeping watchdog will look at its timers next; 0 while it is awake.
+std::atomic<std::int64_t> g_planned_ns{0};
 
 void futex_wake() {
     g_wake.fetch_add(1, std::memory_order_release);
@@ -129,6 +132,7 @@ void* watchdog(void*) {
             fire(e);
             e.word.store(with_state(word, kFree), std::memory_order_release);
         }
+        next = std::min(next, hold::on_timer(now));
         next = std::min(next, storm::on_timer(now));
         next = std::min(next, stats_file::on_timer(now));
         timespec ts{}, *timeout = nullptr;
@@ -137,13 +141,30 @@ void* watchdog(void*) {
             ts = {static_cast<time_t>(wait / 1'000'000'000), static_cast<long>(wait % 1'000'000'000)};
             timeout = &ts;
         }
+        g_planned_ns.store(next, std::memory_order_seq_cst);
         real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAIT_PRIVATE, seen,
                           reinterpret_cast<long>(timeout));
+        g_planned_ns.store(0, std::memory_order_seq_cst);
+        // Before the next scan reads the timers: a publisher that read the
+        // plan before this store sees it, or this scan sees its timer.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
     }
     return nullptr;
 }
 
 }  // namespace
+
+void wake_timer_unless_due_by(std::int64_t due_ns) {
+    // The caller's new timer is stored; the plan is read after it (a store
+    // followed by a load of another variable needs a full fence), so either
+    // the watchdog's next scan sees the timer or this reads 0 and wakes it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    std::int64_t planned = g_planned_ns.load(std::memory_order_seq_cst);
+    if (planned != 0 && planned <= due_ns) return;  // it looks by then and finds what is due
+    futex_wake();
+}
+
+bool timer_running() { return g_thread_started.load(std::memory_order_acquire); }
 
 bool start_timer() {
     if (g_thread_started.load(std::memory_order_acquire)) return true;

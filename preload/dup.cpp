@@ -1,7 +1,10 @@
 // dup(), dup2(), dup3(), fcntl(F_DUPFD*): a copied descriptor shares its
-// socket's slot; a descriptor replaced by dup2/dup3 is released (its socket
-// closes only if that was its last descriptor: no policy is applied to that
-// implicit close, which is the safe choice).
+// socket's slot; a descriptor replaced by dup2/dup3 is closed by the call,
+// so TCPFIX_CLOSE applies to it exactly as to close() (same rules: the last
+// descriptor of a matched connection, active close, nothing lost).
+#include <fcntl.h>
+#include <sys/socket.h>
+
 #include <cstdarg>
 
 #include "preload/fdtable.hpp"
@@ -14,6 +17,41 @@ namespace tcpfix::hooks {
 
 using runtime::call_errno;
 
+namespace {
+
+// Whether dup2/dup3 onto an open descriptor will succeed: the policy is
+// applied to the replaced socket only then (a failed call leaves the
+// application its socket, which must not have been given an RST).
+bool will_replace(int from, int flags, bool is_dup2) {
+    if (!is_dup2 && (flags & ~O_CLOEXEC) != 0) return false;
+    return call_errno(real::fcntl.get(), from, F_GETFD) >= 0;
+}
+
+// Whether TCPFIX_CLOSE may do more than count when the slot's descriptor is
+// replaced: only then is it worth a system call to make sure the replacing
+// succeeds (a copy of a socket dup2'ed over another copy, the common case
+// of dup2 on sockets, needs none).
+bool may_act(std::uint32_t index) {
+    const policy::CloseMode mode = runtime::config().close;
+    const fdtable::Slot& s = fdtable::slot(index);
+    const std::uint32_t flags = s.flags.load(std::memory_order_acquire);
+    constexpr std::uint32_t kConnectedMatched = fdtable::kConnectCalled | fdtable::kMatched;
+    return mode != policy::CloseMode::Keep && (flags & kConnectedMatched) == kConnectedMatched &&
+           (mode == policy::CloseMode::RstAlways || s.refs.load(std::memory_order_acquire) == 1);
+}
+
+// The call failed after all: the socket goes back to the application as it was.
+void undo(int fd, const CloseApplied& applied) {
+    if (applied.linger) {
+        linger off{0, 0};
+        call_errno(real::setsockopt.get(), fd, SOL_SOCKET, SO_LINGER, static_cast<const void*>(&off),
+                   static_cast<socklen_t>(sizeof off));
+    }
+    if (applied.held >= 0) hold::cancel(applied.held);
+}
+
+}  // namespace
+
 int do_dup(int fd) {
     int copy = call_errno(real::dup.get(), fd);
     if (copy >= 0) fdtable::share(fd, copy);
@@ -22,15 +60,24 @@ int do_dup(int fd) {
 
 int do_dup3(int from, int to, int flags, bool is_dup2) {
     if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
-    // `to` is closed by the call: take it out of the table first, as close() does.
+    // `to` is closed by the call: take it out of the table first, and apply
+    // TCPFIX_CLOSE as close() would (the JDK's sockets end this way: a marker
+    // descriptor dup2'ed over the socket, then closed).
     std::uint32_t replaced = fdtable::take(to);
+    CloseApplied applied;
+    if (replaced == fdtable::kOwned)
+        hold::forget_fd(to);
+    else if (replaced != 0 && (!may_act(replaced) || will_replace(from, flags, is_dup2)))
+        applied = apply_close_policy(to, replaced, hold::Origin::Dup2);
     fdtable::wait_not_busy(replaced);
     int r = is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
     if (r < 0) {
+        undo(to, applied);
         fdtable::restore(to, replaced);
         return r;
     }
     if (replaced == fdtable::kOwned) log::forget_fd(to);
+    if (applied.held >= 0) hold::publish(applied.held);
     fdtable::release(replaced);
     fdtable::share(from, to);
     return r;

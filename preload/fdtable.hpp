@@ -21,8 +21,9 @@ constexpr unsigned kChunkSize = 1u << kChunkBits;
 constexpr unsigned kMaxChunks = 4096;  // descriptors up to 16,777,215 are tracked
 constexpr unsigned kMaxFd = kChunkSize * kMaxChunks;
 
-// A descriptor tcpfix itself holds (its log file): closing it goes the slow
-// path so tcpfix learns the application took the number back.
+// A descriptor tcpfix itself holds (its log file, a socket held for a
+// background decision): closing it goes the slow path so tcpfix learns the
+// application took the number back.
 constexpr std::uint32_t kOwned = 0xffffffffu;
 
 enum SlotFlag : std::uint32_t {
@@ -39,6 +40,8 @@ enum SlotFlag : std::uint32_t {
     kAbandoned = 1u << 10,      // ... as abandoned by the application
     kCloseWaitSeen = 1u << 11,  // found in CLOSE_WAIT at close_wait_seen_ns
     kReaped = 1u << 12,         // shut down after too long in CLOSE_WAIT
+    kStdio = 1u << 13,          // wrapped in a stdio FILE (fdopen): stdio may flush into it after exit handlers
+    kExitDecided = 1u << 14,    // the exit handler has decided it (once per socket, not per descriptor)
 };
 
 // A socket option the application set, kept so a fresh socket can get it too.
@@ -51,7 +54,7 @@ struct SavedOption {
 
 struct Slot {
     std::atomic<std::uint32_t> refs{0};
-    std::atomic<std::uint32_t> busy{0};  // a background scan is acting on its descriptor
+    std::atomic<std::uint32_t> busy{0};  // how many background scans act on its descriptor right now
     std::int64_t close_wait_seen_ns = 0;
     std::atomic<std::uint32_t> flags{0};
     std::atomic<std::uint32_t> next_free{0};

@@ -6,6 +6,10 @@
 
 #include <cstdint>
 
+#include "policy/close.hpp"
+#include "preload/fdtable.hpp"
+#include "preload/hold.hpp"
+
 namespace tcpfix::hooks {
 
 int do_socket(int domain, int type, int protocol);
@@ -24,8 +28,33 @@ int do_fcntl_dupfd(int fd, int cmd, int min_fd);
 // them out of the table, ahead of a close_range() or closefrom().
 void take_range(unsigned first, unsigned last);
 
-// Applies TCPFIX_CLOSE to a socket about to be closed; `index` is the slot
-// just taken out of the table for fd (the caller releases it).
-void apply_close_policy(int fd, std::uint32_t index);
+// What apply_close_policy() did to the socket, so that a dup2() that fails
+// after all can undo it.
+struct CloseApplied {
+    bool linger = false;  // SO_LINGER {1,0} is set: the close will be an RST
+    int held = -1;        // a hold place was claimed: hold::publish() or hold::cancel() it
+};
+
+// Applies TCPFIX_CLOSE to a socket about to be closed or replaced; `index`
+// is the slot just taken out of the table for fd (the caller releases it).
+CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin);
+
+// What the table knows of the socket, for policy::decide_close().
+policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags);
+
+// Reads the kernel's view of a TCP socket (TCP_INFO, SIOCOUTQ, SIOCOUTQNSD);
+// false if fd is no TCP socket (a stale entry).
+bool probe_socket(int fd, policy::SocketProbe& probe);
+
+// The application closed or replaced a descriptor the table marks as
+// tcpfix's own (taken out of the table already): the log file, or a held socket.
+void forget_owned(int fd);
+
+// exit.cpp: the policy for matched connections still open when the process
+// exits (run from the library's destructor, after the application's atexit
+// handlers), and the held sockets settled; at most 50 ms of waiting.
+void close_open_at_exit();
+// Before an exec: the held sockets are settled within the same bound.
+void settle_before_exec();
 
 }  // namespace tcpfix::hooks

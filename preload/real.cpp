@@ -29,6 +29,7 @@ Symbol<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_s
 Symbol<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*, char* const[], char* const[])> posix_spawnp{"posix_spawnp", true};
 Symbol<decltype(::system)> system{"system", true};
 Symbol<decltype(::popen)> popen{"popen", true};
+Symbol<decltype(::fdopen)> fdopen{"fdopen", true};
 Symbol<int(const char*, char* const[], char* const[])> execve{"execve", true};
 Symbol<int(const char*, char* const[])> execv{"execv", true};
 Symbol<int(const char*, char* const[])> execvp{"execvp", true};

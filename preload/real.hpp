@@ -63,6 +63,7 @@ extern Symbol<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const 
 extern Symbol<int(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*, char* const[], char* const[])> posix_spawnp;
 extern Symbol<decltype(::system)> system;
 extern Symbol<decltype(::popen)> popen;
+extern Symbol<decltype(::fdopen)> fdopen;
 extern Symbol<int(const char*, char* const[], char* const[])> execve;
 extern Symbol<int(const char*, char* const[])> execv;
 extern Symbol<int(const char*, char* const[])> execvp;

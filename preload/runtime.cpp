@@ -14,6 +14,8 @@
 
 #include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
+#include "preload/hold.hpp"
+#include "preload/hooks.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/stats_file.hpp"
@@ -50,6 +52,7 @@ void child_after_fork() {
     g_counters.reset();
     stats_file::after_fork_in_child();
     connect_policy::after_fork_in_child();
+    hold::after_fork_in_child();
     storm::after_fork_in_child();
 }
 
@@ -110,8 +113,11 @@ __attribute__((constructor(101))) void initialise() {
             policy::to_string(g_config->close), g_config->match.rules().size());
 }
 
+// Runs in exit() after the application's atexit handlers and static
+// destructors (glibc calls the shared objects' destructors last).
 __attribute__((destructor)) void finish() {
     if (!active()) return;
+    hooks::close_open_at_exit();
     storm::summarise();
     stats_file::write_now();
 }

@@ -4,8 +4,10 @@
 // close-on-exec. Each start bumps the spawn epoch, so such sockets are later
 // closed gracefully, never with an RST that could cut the child's data short.
 // An exec from a vfork child bumps the epoch in the parent's memory, which it
-// shares.
+// shares. An exec also settles the sockets held for a background decision
+// (hold.hpp) — not from a vfork child, whose memory is the parent's.
 #include "preload/fdtable.hpp"
+#include "preload/hooks.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
 
@@ -15,6 +17,14 @@ namespace {
 
 void announce_spawn() {
     if (runtime::active()) fdtable::bump_spawn_epoch();
+}
+
+// An exec replaces this program: the sockets held for a background decision
+// are settled first (at most 50 ms); exec would close them anyway
+// (close-on-exec), normally, without the RST they may have earned.
+void before_exec() {
+    announce_spawn();
+    hooks::settle_before_exec();
 }
 
 }  // namespace
@@ -52,22 +62,22 @@ extern "C" __attribute__((visibility("default"))) FILE* popen(const char* comman
 // The exec family returns only on failure, with errno as the real call set it.
 extern "C" __attribute__((visibility("default"))) int execve(const char* path, char* const argv[],
                                                              char* const envp[]) noexcept {
-    announce_spawn();
+    before_exec();
     return real::execve.get()(path, argv, envp);
 }
 
 extern "C" __attribute__((visibility("default"))) int execv(const char* path, char* const argv[]) noexcept {
-    announce_spawn();
+    before_exec();
     return real::execv.get()(path, argv);
 }
 
 extern "C" __attribute__((visibility("default"))) int execvp(const char* file, char* const argv[]) noexcept {
-    announce_spawn();
+    before_exec();
     return real::execvp.get()(file, argv);
 }
 
 extern "C" __attribute__((visibility("default"))) int execvpe(const char* file, char* const argv[],
                                                               char* const envp[]) noexcept {
-    announce_spawn();
+    before_exec();
     return real::execvpe.get()(file, argv, envp);
 }

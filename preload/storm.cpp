@@ -117,7 +117,7 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
     // Never act on a descriptor the application is closing: close() takes the
     // number out of the table first, then waits for busy to clear.
     g_busy_index.store(index, std::memory_order_relaxed);
-    s.busy.store(1, std::memory_order_seq_cst);
+    s.busy.fetch_add(1, std::memory_order_seq_cst);
     if (fdtable::lookup(fd) == index) {
         policy::ConnectionUse use;
         if (read_use(fd, s, now, use)) {
@@ -147,7 +147,7 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
             }
         }
     }
-    s.busy.store(0, std::memory_order_seq_cst);
+    s.busy.fetch_sub(1, std::memory_order_seq_cst);
     g_busy_index.store(0, std::memory_order_relaxed);
 }
 

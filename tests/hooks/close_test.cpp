@@ -107,12 +107,12 @@ TEST_F(Rst, Dup2OfASocketOverAFileCarriesTheSocket) {
     close(s);
 }
 
-TEST_F(Rst, Dup3OverATrackedSocketClosesItNormallyAndForgetsIt) {
+TEST_F(Rst, Dup3OverATrackedSocketAppliesThePolicyAndForgetsIt) {
     auto [c, s] = listener.connect_pair();
     int file = open("/dev/null", O_WRONLY);
     ASSERT_EQ(dup3(file, c, O_CLOEXEC), c);
-    // The replaced socket's last descriptor is gone: a normal close, no policy.
-    EXPECT_ENDING(read_until_end(s), Ending::Fin);
+    // The replaced socket's last descriptor is gone: closed as close() would.
+    EXPECT_ENDING(read_until_end(s), Ending::Rst);
     // c is now /dev/null: closing it must be a plain close.
     errno = 0;
     EXPECT_EQ(write(c, "x", 1), 1);

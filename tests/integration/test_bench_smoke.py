@@ -150,3 +150,13 @@ def test_chart_and_summary_written(quick_report):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
     summary = (out / "summary.md").read_text()
     assert "Targets:" in summary and "Machine:" in summary
+
+
+def test_close_latency_is_reported_for_both_arms(quick_report):
+    report, _ = quick_report
+    cl = report["closelat"]
+    assert set(cl["close_us"]) == {"none", "close_rst"}
+    for cfg, by_key in cl["close_us"].items():
+        assert set(by_key) == {"p50", "p90", "p99", "max", "mean"}, cfg
+        for key, s in by_key.items():
+            check_summary(s, f"closelat {cfg} {key}")

@@ -275,5 +275,72 @@ TEST(AckWaitBudgetBounds, StaysWithinTwoAndTwentyMsAndNeverShrinks) {
     }
 }
 
+// The background budget: 2 * srtt + 250 ms, at most 1 s — past a peer's
+// longest delayed ACK (200 ms), however slow the server's reply.
+TEST(BackgroundBudget, CoversTheLongestDelayedAckAndStaysBounded) {
+    EXPECT_EQ(ack_wait_budget_ns(0, WaitBudget::Background), 250 * kMs);
+    EXPECT_EQ(ack_wait_budget_ns(50, WaitBudget::Background), 250'100'000);
+    EXPECT_EQ(ack_wait_budget_ns(100'000, WaitBudget::Background), 450 * kMs);
+    EXPECT_EQ(ack_wait_budget_ns(375'000, WaitBudget::Background), 1000 * kMs);
+    EXPECT_EQ(ack_wait_budget_ns(std::numeric_limits<std::uint32_t>::max(), WaitBudget::Background), 1000 * kMs);
+    for (std::uint64_t srtt = 0; srtt <= std::numeric_limits<std::uint32_t>::max(); srtt = srtt * 3 + 1) {
+        auto s = static_cast<std::uint32_t>(srtt);
+        EXPECT_GT(ack_wait_budget_ns(s, WaitBudget::Background), ack_wait_budget_ns(s)) << srtt;
+    }
+}
+
+// What the background thread decides for a held socket: the same rules,
+// the longer budget.
+TEST(BackgroundBudget, HeldSocketWaitsPastTheOnTheSpotBudget) {
+    SocketBookkeeping b = ours();
+    SocketProbe in_flight = probe(TcpState::Established, 5, 0, 50);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &in_flight, 30 * kMs).action, CloseAction::GracefulUnsent);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &in_flight, 30 * kMs, WaitBudget::Background).action,
+              CloseAction::WaitForAck);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &in_flight, 251 * kMs, WaitBudget::Background).action,
+              CloseAction::GracefulUnsent);
+    SocketProbe acked = probe(TcpState::Established, 0, 0, 50);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &acked, 30 * kMs, WaitBudget::Background).action, CloseAction::Rst);
+    // The peer's FIN came first (with the ACK): a normal close, nothing to avoid.
+    SocketProbe peer_closed = probe(TcpState::CloseWait, 0, 0, 50);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &peer_closed, 30 * kMs, WaitBudget::Background).action,
+              CloseAction::Passthrough);
+    // Its FIN came after ours was sent (a half-closing client): TIME_WAIT is certain.
+    SocketProbe closing = probe(TcpState::Closing, 1, 0, 50);
+    EXPECT_EQ(decide_close(CloseMode::Rst, b, &closing, 30 * kMs, WaitBudget::Background).action,
+              CloseAction::Passthrough);
+}
+
+// ---------------------------------------------------------------------------
+// How many sockets may be held, and at which descriptor numbers.
+
+TEST(HeldSockets, AtMost256AndASixteenthOfTheLimit) {
+    EXPECT_EQ(max_held_sockets(0), 0);
+    EXPECT_EQ(max_held_sockets(15), 0);
+    EXPECT_EQ(max_held_sockets(16), 1);
+    EXPECT_EQ(max_held_sockets(1024), 64);
+    EXPECT_EQ(max_held_sockets(4096), 256);
+    EXPECT_EQ(max_held_sockets(1'048'576), 256);
+    EXPECT_EQ(max_held_sockets(std::numeric_limits<std::uint64_t>::max()), 256);
+}
+
+TEST(HeldSockets, AboveWhatSelectWatchesWhenTheLimitAllows) {
+    EXPECT_EQ(held_fd_floor(20000, 256), 1024);
+    EXPECT_EQ(held_fd_floor(1024 + 512, 256), 1024);
+    EXPECT_EQ(held_fd_floor(std::numeric_limits<std::uint64_t>::max(), 256), 1024);
+    // The common soft limit of 1024: the top 64 numbers.
+    EXPECT_EQ(held_fd_floor(1024, max_held_sockets(1024)), 960);
+    EXPECT_EQ(held_fd_floor(1024 + 511, 256), 1024 + 511 - 256);
+    EXPECT_EQ(held_fd_floor(100, 6), 94);
+    EXPECT_EQ(held_fd_floor(10, 0), -1);
+    EXPECT_EQ(held_fd_floor(3, 5), -1);
+    for (std::uint64_t limit = 16; limit < 100'000; limit = limit * 5 / 4 + 1) {
+        int max = max_held_sockets(limit);
+        int floor = held_fd_floor(limit, max);
+        ASSERT_GE(floor, 0) << limit;
+        EXPECT_LE(static_cast<std::uint64_t>(floor) + static_cast<std::uint64_t>(max), limit) << limit;
+    }
+}
+
 }  // namespace
 }  // namespace tcpfix::policy

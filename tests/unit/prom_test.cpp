@@ -184,6 +184,15 @@ TEST(StatsProm, EveryCounterUnderItsName) {
     bump(c->closes_graceful_unsent, 19);
     bump(c->closes_graceful_shared, 20);
     bump(c->ack_wait_us, 1'500'000);
+    bump(c->closes_rst_dup2, 31);
+    bump(c->closes_at_exit, 32);
+    bump(c->closes_rst_at_exit, 33);
+    bump(c->closes_held, 34);
+    bump(c->closes_held_max, 35);
+    bump(c->closes_held_full, 36);
+    bump(c->closes_rst_background, 37);
+    bump(c->closes_held_peer_closed, 38);
+    bump(c->held_wait_us, 2'500'000);
     bump(c->throttled_ms, 2500);
     bump(c->close_wait_reaped, 21);
     bump(c->source_addr_binds_by[0], 22);
@@ -214,6 +223,15 @@ TEST(StatsProm, EveryCounterUnderItsName) {
         {"tcpfix_closes_graceful_unsent_total{tag=\"t\"}", "19"},
         {"tcpfix_closes_graceful_shared_total{tag=\"t\"}", "20"},
         {"tcpfix_close_ack_wait_seconds_total{tag=\"t\"}", "1.5"},
+        {"tcpfix_closes_rst_dup2_total{tag=\"t\"}", "31"},
+        {"tcpfix_closes_at_exit_total{tag=\"t\"}", "32"},
+        {"tcpfix_closes_rst_at_exit_total{tag=\"t\"}", "33"},
+        {"tcpfix_closes_held_total{tag=\"t\"}", "34"},
+        {"tcpfix_closes_held_max{tag=\"t\"}", "35"},
+        {"tcpfix_closes_held_full_total{tag=\"t\"}", "36"},
+        {"tcpfix_closes_rst_background_total{tag=\"t\"}", "37"},
+        {"tcpfix_closes_held_peer_closed_total{tag=\"t\"}", "38"},
+        {"tcpfix_held_ack_wait_seconds_total{tag=\"t\"}", "2.5"},
         {"tcpfix_throttled_seconds_total{tag=\"t\"}", "2.5"},
         {"tcpfix_close_wait_reaped_total{tag=\"t\"}", "21"},
         {"tcpfix_source_addr_binds_total{tag=\"t\",source=\"127.0.0.2\"}", "22"},

@@ -198,6 +198,15 @@ TEST(StatsJson, EveryCounterUnderItsKey) {
         {&Counters::closes_graceful_unsent, "closes_graceful_unsent"},
         {&Counters::closes_graceful_shared, "closes_graceful_shared"},
         {&Counters::ack_wait_us, "ack_wait_us"},
+        {&Counters::closes_rst_dup2, "closes_rst_dup2"},
+        {&Counters::closes_at_exit, "closes_at_exit"},
+        {&Counters::closes_rst_at_exit, "closes_rst_at_exit"},
+        {&Counters::closes_held, "closes_held"},
+        {&Counters::closes_held_max, "closes_held_max"},
+        {&Counters::closes_held_full, "closes_held_full"},
+        {&Counters::closes_rst_background, "closes_rst_background"},
+        {&Counters::closes_held_peer_closed, "closes_held_peer_closed"},
+        {&Counters::held_wait_us, "held_wait_us"},
         {&Counters::throttled_ms, "throttled_ms"},
         {&Counters::close_wait_reaped, "close_wait_reaped"},
         {&Counters::source_addr_binds, "source_addr_binds"},
@@ -297,6 +306,9 @@ TEST(CountersReset, ZeroesEverything) {
     for (auto* a : {&c.sockets, &c.connects, &c.connects_matched, &c.connect_timeouts,
                     &c.connect_retries, &c.closes, &c.closes_rst, &c.closes_rst_after_wait,
                     &c.closes_graceful_unsent, &c.closes_graceful_shared, &c.ack_wait_us,
+                    &c.closes_rst_dup2, &c.closes_at_exit, &c.closes_rst_at_exit, &c.closes_held,
+                    &c.closes_held_max, &c.closes_held_full, &c.closes_rst_background,
+                    &c.closes_held_peer_closed, &c.held_wait_us,
                     &c.throttled_ms, &c.close_wait_reaped, &c.source_addr_binds})
         bump(*a, 7);
     for (int e = 1; e < Counters::kMaxErrno; ++e) c.count_connect_error(e);
