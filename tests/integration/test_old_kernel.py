@@ -16,6 +16,7 @@ Last, everything a 3.10 kernel (CentOS 7's) lacks at once.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -248,3 +249,36 @@ def test_kernel_3_10(make_netns, program, lib):
     assert leak["eaddrnotavail"] == 0 and leak["other"] == 0, (leak, peak)
     assert peak <= (STORM_RANGE[1] - STORM_RANGE[0] + 1) // 4, (leak, peak)
     one_warning(stderr, "TCP_INFO byte counters", "4.1+")
+
+
+# -- a RHEL 8 box: kernel 4.18, a Java client whose sockets end by dup2 -------------------------
+
+def test_rhel8_like_java_client(make_netns, program, lib, stats_dir, tmp_path):
+    """What an SRE on RHEL 8 runs: kernel 4.18 (no IP_LOCAL_PORT_RANGE, no
+    close_range) and a Java client of the PlainSocketImpl kind (every Java 8
+    and 11 client; here JDK 17 with -Djdk.net.usePlainSocketImpl=true), whose
+    connections end by dup2. Under rst with a port range: 3 x the range of
+    connections succeed (the range is the system's, said once), every one
+    ends with RST after its bytes, no TIME_WAIT is left."""
+    from test_close_jvm import JAVA17, JAVAC17, JVM_FLAGS, SOURCE
+
+    classes = tmp_path / "classes"
+    r = subprocess.run([JAVAC17, "--release", "11", "-d", str(classes), str(SOURCE)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, show(r)
+    ns = make_netns(RANGE)
+    sink = ns.start_sink(program("sink_server"), PORT, timeout_ms=120000)
+    count = 3 * ns.range_size
+    env = {"LD_PRELOAD": str(lib), "TCPFIX_CLOSE": "rst", "TCPFIX_PORT_RANGE": "40005-40009",
+           "TCPFIX_STATS": str(stats_dir / "jvm-%p.json")}
+    r = under(ns, program, ["--kernel", "4.18"],
+              [JAVA17, *JVM_FLAGS, "-Djdk.net.usePlainSocketImpl=true", "-cp", str(classes), "CloseClient",
+               "socket", "127.0.0.1", PORT, count], env, timeout=120)
+    assert r.returncode == 0, show(r)
+    assert parse_summary(r.stdout) == {"ok": count, "eaddrnotavail": 0, "other": 0}, show(r)
+    ends = sink.wait_ends(count)
+    assert all(e["end"] == "ECONNRESET" and e["bytes"] == 4 for e in ends), ends[:5]
+    assert settled_time_wait(ns) == []
+    one_warning(r.stderr, "IP_LOCAL_PORT_RANGE", "6.3+")
+    (st,) = [json.loads(p.read_text()) for p in stats_dir.glob("jvm-*.json")]
+    assert st["closes_rst_dup2"] >= count, st
