@@ -16,6 +16,7 @@
 #include "preload/fdtable.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
+#include "preload/share.hpp"
 #include "preload/stats_file.hpp"
 #include "preload/storm.hpp"
 
@@ -51,6 +52,7 @@ void child_after_fork() {
     stats_file::after_fork_in_child();
     connect_policy::after_fork_in_child();
     storm::after_fork_in_child();
+    share::after_fork_in_child();
 }
 
 }  // namespace
@@ -97,6 +99,7 @@ __attribute__((constructor(101))) void initialise() {
     bool secure = getauxval(AT_SECURE) != 0;
     log::init(*g_config, secure);
     stats_file::init(*g_config, secure);
+    share::init(*g_config, secure);
     pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
     detail::g_active.store(true, std::memory_order_release);
 
@@ -114,6 +117,7 @@ __attribute__((destructor)) void finish() {
     if (!active()) return;
     storm::summarise();
     stats_file::write_now();
+    share::detach();
 }
 
 }  // namespace
