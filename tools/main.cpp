@@ -8,6 +8,7 @@
 #include "tools/ab.hpp"
 #include "tools/command.hpp"
 #include "tools/doctor.hpp"
+#include "tools/top.hpp"
 
 #ifndef TCPFIX_VERSION
 #define TCPFIX_VERSION "0.1.0"  // keep in step with project(VERSION) in CMakeLists.txt
@@ -28,11 +29,7 @@ int tcpfix_main(int argc, char** argv) {
     app.set_version_flag("--version", "tcpfix " TCPFIX_VERSION);
     app.require_subcommand(1);
     std::vector<Command> commands = {
-        add_run(app),
-        add_probe(app),
-        add_churn(app),
-        add_doctor(app),
-        add_ab(app),
+        add_run(app), add_probe(app), add_churn(app), add_doctor(app), add_ab(app), add_top(app),
     };
     try {
         app.parse(argc, argv);
