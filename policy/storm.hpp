@@ -111,4 +111,10 @@ bool looks_abandoned(const ConnectionUse& use);
 // True for a connection that carried data both ways or was read from.
 bool carried_data(const ConnectionUse& use);
 
+// True for the whole life of a port prober (incident 000) as its close sees
+// it: the handshake completed, closed within kAbandonAgeNs, nothing sent,
+// nothing received, nothing unread; the peer may have closed already (a
+// server that accepts and closes), but said nothing.
+bool probe_succeeded(const ConnectionUse& use);
+
 }  // namespace tcpfix::policy

@@ -103,15 +103,6 @@ void succeed_shared(policy::share::Entry& e) {
     if (policy::share::record_success(e)) share::wake_all(e);
 }
 
-// The whole life of a port prober (incident 000): connected, closed at once,
-// nothing sent or received. Not a success for a process's own backoff (which
-// dies with the prober anyway), but for a share it is: the loop's next prober
-// must not inherit a backoff from a server that has come back.
-bool probed_cleanly(const policy::ConnectionUse& use) {
-    return use.state == policy::TcpState::Established && use.age_ns < policy::kAbandonAgeNs &&
-           use.unread == 0 && use.bytes_received == 0 && use.bytes_sent == 0;
-}
-
 // Classifies one connection (`judging`) and reaps it if it has sat in
 // CLOSE_WAIT too long (`reaping`).
 void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool reaping) {
@@ -327,7 +318,10 @@ void on_close(int fd, fdtable::Slot& s) {
     if (policy::carried_data(use)) {
         policy::record_success(d);
         if (shared_failing) succeed_shared(*shared);
-    } else if (shared_failing && probed_cleanly(use)) {
+    } else if (shared_failing && policy::probe_succeeded(use)) {
+        // Not a success for this process's own backoff (a prober's dies with
+        // it), but for a share: the loop's next prober must not inherit a
+        // backoff from a server that has come back.
         succeed_shared(*shared);
     }
 }
