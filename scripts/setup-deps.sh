@@ -17,12 +17,14 @@ BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 # What building and testing need: compilers and libraries for the build;
 # iproute2/procps/nftables/strace for the namespace tests and the demo; the
 # real programs the integration tests run under the preload (haproxy,
-# redis-server + php-redis, MariaDB + sysbench); matplotlib for ab --plot and
+# redis-server + php-redis, MariaDB + sysbench, php-fpm + cgi-fcgi from
+# libfcgi-bin for the shared pool); tmux to drive `tcpfix top` in a terminal;
+# matplotlib for ab --plot and
 # the benchmark chart; man-db/groff for the manuals; dpkg-dev/file for the
 # package; prometheus for promtool's check of the .prom output.
 DEPS_PACKAGES=(cmake make g++ libfmt-dev libcli11-dev libgtest-dev python3 python3-pytest
                  iproute2 nftables procps strace
-                 haproxy redis-server php-cli php-redis mariadb-server mariadb-client sysbench
+                 haproxy redis-server php-cli php-redis php-fpm libfcgi-bin mariadb-server mariadb-client sysbench tmux
                  python3-matplotlib valgrind man-db groff-base dpkg-dev file prometheus
                  clang libclang-rt-14-dev)
 
