@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, PYTHON, Netns
+from conftest import CLI, PYTHON, Netns, json_lines
 from deadline_env import LineReader, nft, require, rule_counters
 
 PHP_FPM = "/usr/sbin/php-fpm8.2"
@@ -131,6 +130,27 @@ def schedule_attempts(window_s: float, min_s: float, max_s: float, jitter: float
             return n
         n += 1
         delay = min(delay * 2, max_s)
+
+
+# -- pools of share_client -------------------------------------------------------------------------
+
+def start_clients(ns, program, env, port, n, duration_ms, extra=()):
+    """n tests/programs/share_client processes connecting to 127.0.0.1:port for duration_ms."""
+    return [ns.popen([program("share_client"), "-d", str(duration_ms), *extra, "127.0.0.1", str(port)], env=env)
+            for _ in range(n)]
+
+
+def finish(procs, timeout=60):
+    """Waits for share_client processes; their JSON summaries, in order."""
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"exit {p.returncode}\n{stdout}\n{stderr}"
+        lines = json_lines(stdout)
+        assert lines, stdout + stderr
+        out.append(lines[-1])
+    return out
+
 
 
 # -- redis, PHP-FPM and the load ------------------------------------------------------------------
