@@ -390,7 +390,9 @@ std::optional<double> parse_rate_per_s(std::string_view text) {
     else return std::nullopt;
     auto d = parse_decimal(text.substr(0, slash));
     if (!d || d->num == 0) return std::nullopt;
-    double n = static_cast<double>(d->num) / std::pow(10.0, d->scale);
+    double divisor = 1;  // 10^scale, exact for every scale a value can have
+    for (unsigned i = 0; i < d->scale; ++i) divisor *= 10;
+    double n = static_cast<double>(d->num) / divisor;
     double rate = n / per;
     if (rate > 10'000'000) return std::nullopt;
     return rate;

@@ -1,5 +1,7 @@
 #include "policy/prom.hpp"
 
+#include "policy/errno_names.hpp"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -197,7 +199,7 @@ std::size_t render_stats_prom(const Counters& c, const StatsContext& ctx,
         auto n = get(c.connect_errors[e]);
         if (n == 0) continue;
         char unnamed[16];
-        const char* name = strerrorname_np(e);
+        const char* name = errno_symbol(e);
         if (name == nullptr) {
             auto r = fmt::format_to_n(unnamed, sizeof unnamed - 1, "E{}", e);
             unnamed[r.size] = '\0';

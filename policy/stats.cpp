@@ -1,5 +1,7 @@
 #include "policy/stats.hpp"
 
+#include "policy/errno_names.hpp"
+
 #include <algorithm>
 #include <cstring>
 
@@ -56,7 +58,7 @@ std::size_t render_stats_json(const Counters& c, const StatsContext& ctx, char* 
     for (int e = 1; e < Counters::kMaxErrno; ++e) {
         auto n = get(c.connect_errors[e]);
         if (n == 0) continue;
-        const char* name = strerrorname_np(e);
+        const char* name = errno_symbol(e);
         if (name != nullptr) w.put("{}\"{}\":{}", first ? "" : ",", name, n);
         else w.put("{}\"E{}\":{}", first ? "" : ",", e, n);
         first = false;
@@ -170,7 +172,7 @@ std::string json_quote(std::string_view s) {
 }
 
 std::string errno_name(int err) {
-    const char* name = strerrorname_np(err);
+    const char* name = errno_symbol(err);
     return name != nullptr ? std::string(name) : fmt::format("E{}", err);
 }
 

@@ -90,7 +90,10 @@ std::uint64_t data_bytes_received(TcpState state, std::uint64_t bytes_received) 
 }
 
 bool looks_abandoned(const ConnectionUse& use) {
-    if (use.age_ns < kAbandonAgeNs || use.bytes_sent != 0) return false;
+    if (use.age_ns < kAbandonAgeNs) return false;
+    if (!use.counters_known)  // only what needs no counters: the peer closed, its data sits unread
+        return (use.state == TcpState::CloseWait || use.state == TcpState::LastAck) && use.unread > 0;
+    if (use.bytes_sent != 0) return false;
     bool never_read = use.unread == use.bytes_received;
     if (!never_read) return false;
     if (use.state == TcpState::CloseWait || use.state == TcpState::LastAck) return true;
@@ -98,8 +101,28 @@ bool looks_abandoned(const ConnectionUse& use) {
 }
 
 bool carried_data(const ConnectionUse& use) {
+    if (!use.counters_known) return false;  // cannot be told while the connection is open
     bool read_something = use.bytes_received > use.unread;
     return read_something || use.bytes_sent > 0;
+}
+
+bool succeeded_at_close(const ConnectionUse& use) {
+    if (use.counters_known) return carried_data(use);
+    // Without counters: a connection the application closes itself after its
+    // handshake, not abandoned, is the best sign of a working one.
+    switch (use.state) {
+        case TcpState::Established:
+        case TcpState::FinWait1:
+        case TcpState::FinWait2:
+        case TcpState::Closing:
+        case TcpState::TimeWait:
+            return true;
+        case TcpState::CloseWait:
+        case TcpState::LastAck:
+            return use.unread == 0;
+        default:
+            return false;
+    }
 }
 
 bool probe_succeeded(const ConnectionUse& use) {

@@ -92,6 +92,7 @@ struct ConnectionUse {
     std::uint64_t bytes_received = 0;  // in-order data received
     std::uint64_t bytes_sent = 0;      // data the application wrote
     std::uint32_t unread = 0;          // received, not yet read by the application
+    bool counters_known = true;        // false: TCP_INFO has no byte counters (Linux < 4.1)
 };
 
 // TCP_INFO's bytes_received counts the peer's FIN as one byte once it has
@@ -106,10 +107,18 @@ constexpr std::int64_t kAbandonAgeNs = 250'000'000;
 // kAbandonAgeNs, nothing ever written, nothing ever read, and either the peer
 // spoke (its data sits unread) or the peer closed (CLOSE_WAIT). An idle pool
 // connection to a server that waits for the client to speak is not abandoned.
+// Without byte counters (Linux < 4.1) only the second case can be told: the
+// peer closed and its data sits unread.
 bool looks_abandoned(const ConnectionUse& use);
 
-// True for a connection that carried data both ways or was read from.
+// True for a connection that carried data both ways or was read from (never
+// without byte counters: that cannot be told while it is open).
 bool carried_data(const ConnectionUse& use);
+
+// When the application closes a connection: did it work? carried_data, or
+// without byte counters (Linux < 4.1), it got through its handshake and was
+// not abandoned.
+bool succeeded_at_close(const ConnectionUse& use);
 
 // True for the whole life of a port prober (incident 000) as its close sees
 // it: the handshake completed, closed within kAbandonAgeNs, nothing sent,

@@ -16,6 +16,7 @@
 #include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/hooks.hpp"
+#include "preload/kernel.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -34,7 +35,13 @@ bool probe_socket(int fd, policy::SocketProbe& probe) {
     socklen_t len = sizeof info;
     if (real::getsockopt.get()(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
     int unacked = 0, unsent = 0;
-    if (ioctl(fd, SIOCOUTQ, &unacked) != 0 || ioctl(fd, SIOCOUTQNSD, &unsent) != 0) return false;
+    if (ioctl(fd, SIOCOUTQ, &unacked) != 0) return false;
+    // Without SIOCOUTQNSD (Linux < 2.6.36) every queued byte counts as
+    // unacknowledged: the close waits for all of it, and never cuts any off.
+    if (!kernel::lacks(policy::Facility::OutqNsd) && ioctl(fd, SIOCOUTQNSD, &unsent) != 0) {
+        kernel::missing(policy::Facility::OutqNsd, errno);
+        unsent = 0;
+    }
     probe.state = static_cast<policy::TcpState>(info.tcpi_state);
     probe.srtt_us = info.tcpi_rtt;
     probe.unacked_bytes = static_cast<std::uint32_t>(std::max(unacked, 0));
@@ -157,8 +164,11 @@ int do_close(int fd) { return close_taken(fd, fdtable::take(fd)); }
 
 int do_close_range(unsigned first, unsigned last, int flags) {
     constexpr int kKnown = CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC;
-    // Invalid arguments fail in the kernel with nothing closed: leave the table alone.
-    if (first <= last && (flags & ~kKnown) == 0 && (flags & CLOSE_RANGE_CLOEXEC) == 0)
+    // Invalid arguments fail in the kernel with nothing closed, and so does
+    // every call on a kernel without close_range (ENOSYS; the application
+    // then closes one by one, through close()): leave the table alone.
+    if (first <= last && (flags & ~kKnown) == 0 && (flags & CLOSE_RANGE_CLOEXEC) == 0 &&
+        kernel::has_close_range())
         take_range(first, last);
     if (auto* fn = real::close_range.get()) return runtime::call_errno(fn, first, last, flags);
     long r = real::raw_syscall(SYS_close_range, first, last, flags);

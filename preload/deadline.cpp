@@ -22,6 +22,7 @@
 #include <climits>
 
 #include "preload/connect_policy.hpp"
+#include "preload/kernel.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -73,6 +74,20 @@ void futex_wake() {
     real::raw_syscall(SYS_futex, reinterpret_cast<long>(&g_wake), FUTEX_WAKE_PRIVATE, 1);
 }
 
+// Cuts a handshake short: wakes whoever polls the descriptor (POLLERR|POLLHUP)
+// and leaves it able to connect again (KERNEL-FACTS 7). connect(AF_UNSPEC)
+// does it; where that is refused (a sandbox), shutdown() does the same.
+void abandon(int fd) {
+    if (!kernel::lacks(policy::Facility::UnspecConnect)) {
+        sockaddr unspec{};
+        unspec.sa_family = AF_UNSPEC;
+        int r = call_errno(real::connect.get(), fd, &unspec, static_cast<socklen_t>(sizeof unspec));
+        if (r == 0 || r == -EBADF || r == -ENOTSOCK) return;
+        kernel::missing(policy::Facility::UnspecConnect, -r);
+    }
+    ::shutdown(fd, SHUT_RDWR);
+}
+
 // Abandons the handshake of an entry the watchdog holds (kFiring) whose
 // deadline passed.
 void fire(const Entry& e) {
@@ -89,9 +104,7 @@ void fire(const Entry& e) {
         (info.tcpi_state != TCP_SYN_SENT && info.tcpi_state != TCP_SYN_RECV))
         return;  // it connected (or failed) in time
     s.flags.fetch_or(fdtable::kTimedOut, std::memory_order_acq_rel);
-    sockaddr unspec{};
-    unspec.sa_family = AF_UNSPEC;
-    call_errno(real::connect.get(), fd, &unspec, static_cast<socklen_t>(sizeof unspec));
+    abandon(fd);
     policy::bump(runtime::counters().connect_timeouts);
     log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; abandoned (ETIMEDOUT)", fd,
             s.dest, policy::format_duration(*runtime::config().connect_timeout_ns));
@@ -199,12 +212,6 @@ int so_error(int fd) {
     if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_ERROR, static_cast<void*>(&err), &len) != 0)
         return EIO;
     return err;
-}
-
-void abandon(int fd) {
-    sockaddr unspec{};
-    unspec.sa_family = AF_UNSPEC;
-    call_errno(real::connect.get(), fd, &unspec, static_cast<socklen_t>(sizeof unspec));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "preload/connect_policy.hpp"
+#include "preload/kernel.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -26,7 +27,6 @@ namespace {
 using runtime::call_errno;
 
 std::atomic<unsigned> g_round_robin{0};
-std::atomic<bool> g_port_range_unsupported{false};
 
 // A sockaddr for `ip` usable on a socket of `domain` (IPv4 becomes IPv4-mapped on AF_INET6).
 socklen_t make_sockaddr(int domain, const policy::IpAddr& ip, sockaddr_storage& out) {
@@ -71,13 +71,17 @@ int set_int(int fd, int level, int name, int value) {
 
 void apply_port_range(int fd) {
     const auto& range = runtime::config().port_range;
-    if (!range || g_port_range_unsupported.load(std::memory_order_relaxed)) return;
+    if (!range || kernel::lacks(policy::Facility::LocalPortRange)) return;
     int r = set_int(fd, IPPROTO_IP, IP_LOCAL_PORT_RANGE, (range->hi << 16) | range->lo);
-    if (r == -ENOPROTOOPT && !g_port_range_unsupported.exchange(true))
-        log::at(policy::LogLevel::Warn,
-                "TCPFIX_PORT_RANGE={}-{} needs IP_LOCAL_PORT_RANGE (Linux 6.3+), which this kernel "
-                "lacks; connections use the system's ip_local_port_range",
-                range->lo, range->hi);
+    if (r == -ENOPROTOOPT) kernel::missing(policy::Facility::LocalPortRange, ENOPROTOOPT);
+}
+
+// IP_BIND_ADDRESS_NO_PORT before a bind to port 0; a kernel without it
+// (ENOPROTOOPT, Linux < 4.2) binds the port at bind() time instead.
+void set_no_port(int fd) {
+    if (kernel::lacks(policy::Facility::BindAddressNoPort)) return;
+    int r = set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+    if (r == -ENOPROTOOPT) kernel::missing(policy::Facility::BindAddressNoPort, ENOPROTOOPT);
 }
 
 }  // namespace
@@ -90,7 +94,7 @@ void check_at_start(const policy::Config& config) {
         if (fd < 0) continue;  // no such family here: connects of that family will say so
         sockaddr_storage sa;
         socklen_t len = make_sockaddr(domain, ip, sa);
-        set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+        set_no_port(fd);
         int r = call_errno(real::bind.get(), fd, reinterpret_cast<sockaddr*>(&sa), len);
         call_errno(real::close.get(), fd);
         if (r == -EADDRNOTAVAIL) {
@@ -126,7 +130,7 @@ int prepare_source(int fd, fdtable::Slot& s, const policy::Endpoint& dest, Sourc
     sockaddr_storage sa;
     socklen_t len = make_sockaddr(s.domain, runtime::config().source_addrs[index], sa);
     if (len == 0) return 0;
-    set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+    set_no_port(fd);
     int r = call_errno(real::bind.get(), fd, reinterpret_cast<sockaddr*>(&sa), len);
     if (r < 0) return r;
     auto& c = runtime::counters();
@@ -155,7 +159,7 @@ int bind_like_app(int fd, fdtable::Slot* s, const sockaddr* addr, socklen_t len)
     auto local = policy::endpoint_from_sockaddr(addr, len);
     if (local && local->port == 0 && runtime::active()) {
         const auto& config = runtime::config();
-        if (config.bind_no_port) set_int(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+        if (config.bind_no_port) set_no_port(fd);
         apply_port_range(fd);
     }
     int r = call_errno(real::bind.get(), fd, addr, len);

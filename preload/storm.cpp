@@ -28,6 +28,7 @@
 #include <atomic>
 
 #include "preload/connect_policy.hpp"
+#include "preload/kernel.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
@@ -72,6 +73,13 @@ bool read_use(int fd, const fdtable::Slot& s, std::int64_t now, policy::Connecti
     if (ioctl(fd, SIOCINQ, &unread) != 0) unread = 0;
     use.state = static_cast<policy::TcpState>(info.tcpi_state);
     use.age_ns = now - s.connect_start_ns;
+    if (len < offsetof(tcp_info, tcpi_bytes_received) + sizeof info.tcpi_bytes_received) {
+        // Linux < 4.1: no byte counters (policy::looks_abandoned says what is judged then).
+        kernel::missing(policy::Facility::TcpInfoBytes, "TCP_INFO is shorter");
+        use.counters_known = false;
+        use.unread = static_cast<std::uint32_t>(std::max(unread, 0));
+        return true;
+    }
     use.bytes_received = policy::data_bytes_received(use.state, info.tcpi_bytes_received);
     // tcpi_bytes_sent needs Linux 4.19; before it, bytes_acked is the best sign of a write.
     use.bytes_sent = len >= offsetof(tcp_info, tcpi_bytes_sent) + sizeof info.tcpi_bytes_sent
@@ -315,7 +323,7 @@ void on_close(int fd, fdtable::Slot& s) {
     runtime::ErrnoGuard keep_errno;
     policy::ConnectionUse use;
     if (!read_use(fd, s, runtime::now_ns(), use)) return;
-    if (policy::carried_data(use)) {
+    if (policy::succeeded_at_close(use)) {
         policy::record_success(d);
         if (shared_failing) succeed_shared(*shared);
     } else if (shared_failing && policy::probe_succeeded(use)) {

@@ -7,8 +7,10 @@
 # range and the probe fails with EADDRNOTAVAIL ("Cannot assign requested
 # address"), which the arbiter takes for a dead master.
 #
-# This script, as root on Debian 12: installs what is missing, builds into
-# <repo>/build, then in a throw-away network namespace (tcp_tw_reuse=0, a
+# This script, as root on Debian 12: installs what is missing for it alone
+# (DEMO_PACKAGES in setup-deps.sh: the compiler, CMake, fmt, CLI11, iproute2,
+# procps), builds into <repo>/build the library, the command and the two
+# programs it runs (nothing of the tests), then in a throw-away network namespace (tcp_tw_reuse=0, a
 # 100-port ephemeral range, a listener on 127.0.0.1:5432) runs the same,
 # unmodified prober loop of 3x the range twice:
 #   1. as is                                   -> runs out of ports
@@ -23,8 +25,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup-deps.sh"   # sets REPO_DIR, BUILD_DIR
 
 tcpfix_require_root
-tcpfix_setup_deps
-tcpfix_build
+tcpfix_setup_deps demo
+tcpfix_build demo
 
 BUILD=$BUILD_DIR
 PROBE=$BUILD/tests/programs/port_probe

@@ -419,6 +419,26 @@ Finding obstacle_finding(const std::string& why) {
     return f;
 }
 
+// The loader would not start the program with the library preloaded (musl,
+// a glibc older than the library needs): nullopt when it would, or when no
+// library is found to compare with.
+std::optional<Finding> loader_refusal(const std::string& program) {
+    std::string library;
+    try {
+        library = find_library();
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+    auto why = load_refusal(program, library);
+    if (!why) return std::nullopt;
+    Finding f;
+    f.severity = "critical";
+    f.kind = why->find(" musl ") != std::string::npos ? "musl" : "old-glibc";
+    f.subject = why->substr(0, why->find(' '));
+    f.text = fmt::format("{}: do not preload it there (tcpfix run refuses to).", *why);
+    return f;
+}
+
 // Every ELF object of the program: itself first, then its libraries,
 // breadth first, each once.
 void scan_objects(const std::string& program, BinaryReport& r) {
@@ -539,6 +559,7 @@ BinaryReport examine_binary(const std::string& given) {
     if (!path) throw UsageError(fmt::format("doctor --binary: {}: no such program", given));
     r.path = *path;
     for (const auto& why : preload_obstacles(r.path)) r.findings.push_back(obstacle_finding(why));
+    if (auto why = loader_refusal(r.path)) r.findings.push_back(std::move(*why));
     // A script runs its interpreter: that is the program to examine.
     std::string program = r.path;
     for (int depth = 0; depth < 4; ++depth) {

@@ -5,6 +5,10 @@
 #include <cstdio>
 #include <exception>
 
+#ifdef TCPFIX_STATIC_CLI
+#include <nss.h>
+#endif
+
 #include "tools/ab.hpp"
 #include "tools/command.hpp"
 #include "tools/doctor.hpp"
@@ -54,6 +58,13 @@ int tcpfix_main(int argc, char** argv) {
 }  // namespace tcpfix::tools
 
 int main(int argc, char** argv) {
+#ifdef TCPFIX_STATIC_CLI
+    // Linked statically (so it runs on every glibc; README "Runs on every
+    // glibc from 2.17"): resolve host names only with the resolvers built into
+    // this binary's libc — /etc/hosts and DNS — and never dlopen the host's NSS
+    // modules, which belong to another glibc.
+    __nss_configure_lookup("hosts", "files dns");
+#endif
     try {
         return tcpfix::tools::tcpfix_main(argc, argv);
     } catch (const std::exception& e) {

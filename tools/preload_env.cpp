@@ -79,6 +79,7 @@ std::string find_library() {
     auto dir = exe.parent_path();
     std::vector<fs::path> candidates = {dir / kLibraryName, dir / "../lib/tcpfix" / kLibraryName};
     if (!multiarch().empty()) candidates.push_back(dir / "../lib" / multiarch() / kLibraryName);
+    candidates.push_back(dir / "../lib64" / kLibraryName);  // the .rpm's layout
     candidates.push_back(dir / "../lib" / kLibraryName);
     std::string tried;
     for (const auto& c : candidates) {

@@ -78,6 +78,10 @@ int run_command(const RunOptions& o) {
     }
     for (const auto& why : preload_obstacles(*target))
         fmt::print(stderr, "tcpfix: warning: {}; tcpfix's policies will not apply to it\n", why);
+    if (auto why = load_refusal(*target, library)) {
+        fmt::print(stderr, "tcpfix: {}; not starting it\n", *why);
+        return kExitCannotExec;
+    }
 
     std::vector<char*> argv;
     for (auto& arg : command) argv.push_back(arg.data());
@@ -133,9 +137,11 @@ Command add_run(CLI::App& parent) {
         "a bad value is refused (exit 2) before CMD runs. libtcpfix.so is prepended to\n"
         "LD_PRELOAD (kept once), then CMD is exec'd: its exit status is tcpfix's.\n"
         "tcpfix warns when CMD is set-user-ID, set-group-ID, has file capabilities or is\n"
-        "statically linked: LD_PRELOAD cannot reach such programs.\n"
+        "statically linked: LD_PRELOAD cannot reach such programs. It does not start CMD\n"
+        "when the loader would refuse it with the library (a musl program, a glibc older\n"
+        "than the library needs) and says so.\n"
         "Exit status when CMD does not start: 2 bad option, 3 library not found,\n"
-        "126 CMD not executable, 127 CMD not found.");
+        "126 CMD not executable or cannot load the library, 127 CMD not found.");
     return {app, [o] { return run_command(*o); }};
 }
 

@@ -27,4 +27,10 @@ std::optional<std::string> find_in_path(const std::string& command);
 // capabilities, statically linked), one sentence each; empty when it can.
 std::vector<std::string> preload_obstacles(const std::string& path);
 
+// Why the dynamic loader would refuse to start `path` with `library`
+// preloaded — a musl program, or a glibc older than the library's symbol
+// versions need — in one sentence; nullopt when it would start (or that
+// cannot be told). Follows "#!" scripts to their interpreter.
+std::optional<std::string> load_refusal(const std::string& path, const std::string& library);
+
 }  // namespace tcpfix::tools

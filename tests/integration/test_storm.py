@@ -247,9 +247,12 @@ class SysbenchStorm:
     WARMUP = 3.0
 
     def __init__(self, ns, db, env: dict[str, str], window: int, stats_dir: Path | None = None,
-                 stats_keys: tuple[str, ...] = ()):
+                 stats_keys: tuple[str, ...] = (), popen=None):
+        # popen: how to start sysbench (default: in the namespace, this
+        # machine's sysbench; test_userlands runs Debian 11's, chrooted).
         self.samples: list[dict] = []
-        proc = ns.popen(sysbench_run_argv(db, threads=2), env=env, preexec_fn=raise_nofile(NOFILE))
+        proc = (popen or ns.popen)(sysbench_run_argv(db, threads=2), env=env,
+                                   preexec_fn=raise_nofile(NOFILE))
         out = Drain(proc)
         try:
             time.sleep(self.WARMUP)

@@ -66,6 +66,19 @@
 
 #include "progutil.h"
 
+/* Built against an older glibc too (the portability tests compile the
+ * clients in a Debian 11 userland, glibc 2.31): there close_range() and
+ * closefrom() are not in libc, and a program calls the system call itself. */
+#if !defined(__GLIBC__) || !__GLIBC_PREREQ(2, 34)
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+static int close_range(unsigned first, unsigned last, int flags) {
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+static void closefrom(int lowfd) { (void)syscall(SYS_close_range, (unsigned)lowfd, ~0u, 0); }
+#endif
+
 static int failures = 0;
 static const char *host_arg = NULL;
 static long port_arg = 0;

@@ -16,11 +16,35 @@
 
 #define PROGUTIL_MAYBE_UNUSED __attribute__((unused))
 
-/* "EADDRNOTAVAIL" (glibc 2.32+; "0" for 0), or "E?" for a number glibc does not name. */
+/* "EADDRNOTAVAIL" ("0" for 0), or "E?" for a number glibc does not name.
+ * The portability tests build these programs against glibc 2.31 too, which
+ * has no strerrorname_np: there, the names the tests look for. */
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 32)
 PROGUTIL_MAYBE_UNUSED static const char *errno_name(int err) {
     const char *name = strerrorname_np(err);
     return name ? name : "E?";
 }
+#else
+PROGUTIL_MAYBE_UNUSED static const char *errno_name(int err) {
+    switch (err) {
+#define PROGUTIL_NAME(e) case e: return #e;
+        PROGUTIL_NAME(EPERM) PROGUTIL_NAME(ENOENT) PROGUTIL_NAME(EINTR) PROGUTIL_NAME(EIO)
+        PROGUTIL_NAME(EBADF) PROGUTIL_NAME(EAGAIN) PROGUTIL_NAME(ENOMEM) PROGUTIL_NAME(EACCES)
+        PROGUTIL_NAME(EFAULT) PROGUTIL_NAME(EBUSY) PROGUTIL_NAME(EEXIST) PROGUTIL_NAME(EINVAL)
+        PROGUTIL_NAME(EMFILE) PROGUTIL_NAME(ENOSPC) PROGUTIL_NAME(EPIPE) PROGUTIL_NAME(ENOSYS)
+        PROGUTIL_NAME(ENOTSOCK) PROGUTIL_NAME(ENOPROTOOPT) PROGUTIL_NAME(EOPNOTSUPP)
+        PROGUTIL_NAME(EAFNOSUPPORT) PROGUTIL_NAME(EADDRINUSE) PROGUTIL_NAME(EADDRNOTAVAIL)
+        PROGUTIL_NAME(ENETDOWN) PROGUTIL_NAME(ENETUNREACH) PROGUTIL_NAME(ECONNABORTED)
+        PROGUTIL_NAME(ECONNRESET) PROGUTIL_NAME(ENOBUFS) PROGUTIL_NAME(EISCONN)
+        PROGUTIL_NAME(ENOTCONN) PROGUTIL_NAME(ETIMEDOUT) PROGUTIL_NAME(ECONNREFUSED)
+        PROGUTIL_NAME(EHOSTDOWN) PROGUTIL_NAME(EHOSTUNREACH) PROGUTIL_NAME(EALREADY)
+        PROGUTIL_NAME(EINPROGRESS)
+#undef PROGUTIL_NAME
+        case 0: return "0";
+        default: return "E?";
+    }
+}
+#endif
 
 /* A decimal in [lo, hi], or the program exits 64 naming `what`. */
 PROGUTIL_MAYBE_UNUSED static long parse_long(const char *s, const char *what, long lo, long hi) {

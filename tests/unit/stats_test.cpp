@@ -2,6 +2,8 @@
 // figures, errno names, the fixed buffer's bound, and Counters::reset.
 #include "policy/stats.hpp"
 
+#include "policy/errno_names.hpp"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -357,3 +359,23 @@ TEST(ErrnoName, MatchesTheStatsKeys) {
 
 }  // namespace
 }  // namespace tcpfix::policy
+
+// The library's own table (glibc's strerrorname_np is 2.32, above the floor)
+// names every errno exactly as the build machine's glibc does.
+TEST(ErrnoName, SameAsGlibc) {
+    int named = 0;
+    EXPECT_EQ(tcpfix::policy::errno_symbol(0), nullptr);  // glibc says "0": not an error
+    EXPECT_EQ(tcpfix::policy::errno_symbol(-1), nullptr);
+    for (int e = 1; e < 300; ++e) {
+        const char* ours = tcpfix::policy::errno_symbol(e);
+        const char* glibc = strerrorname_np(e);
+        if (glibc == nullptr) {
+            EXPECT_EQ(ours, nullptr) << e;
+            continue;
+        }
+        ASSERT_NE(ours, nullptr) << e << " is " << glibc;
+        EXPECT_STREQ(ours, glibc) << e;
+        ++named;
+    }
+    EXPECT_GE(named, 130);
+}

@@ -773,5 +773,40 @@ TEST_F(DestinationsTable, RacingThreadsNeverShareAnEntry) {
     }
 }
 
+
+// Linux < 4.1: TCP_INFO has no byte counters (ConnectionUse::counters_known
+// false). Only the peer-closed-with-data-unread case can be told; a young
+// connection is never judged; a connection the application closes after its
+// handshake counts as a success, one that never connected does not.
+TEST(NoByteCounters, OnlyPeerClosedWithUnreadDataIsAbandoned) {
+    auto blind = [](TcpState state, std::int64_t age_ns, std::uint32_t unread) {
+        ConnectionUse u = use(state, age_ns, 0, 0, unread);
+        u.counters_known = false;
+        return u;
+    };
+    constexpr std::int64_t old = kAbandonAgeNs + 1;
+    EXPECT_TRUE(looks_abandoned(blind(TcpState::CloseWait, old, 132)));
+    EXPECT_TRUE(looks_abandoned(blind(TcpState::LastAck, old, 1)));
+    EXPECT_FALSE(looks_abandoned(blind(TcpState::CloseWait, old, 0)));      // read it all: a normal end
+    EXPECT_FALSE(looks_abandoned(blind(TcpState::Established, old, 132)));  // may have written: unknown
+    EXPECT_FALSE(looks_abandoned(blind(TcpState::CloseWait, kAbandonAgeNs - 1, 132)));  // too young
+
+    EXPECT_FALSE(carried_data(blind(TcpState::Established, old, 0)));  // never while open
+    EXPECT_TRUE(succeeded_at_close(blind(TcpState::Established, old, 0)));
+    EXPECT_TRUE(succeeded_at_close(blind(TcpState::FinWait2, old, 0)));
+    EXPECT_TRUE(succeeded_at_close(blind(TcpState::CloseWait, old, 0)));
+    EXPECT_FALSE(succeeded_at_close(blind(TcpState::CloseWait, old, 132)));
+    EXPECT_FALSE(succeeded_at_close(blind(TcpState::SynSent, old, 0)));
+    EXPECT_FALSE(succeeded_at_close(blind(TcpState::Close, old, 0)));
+}
+
+// With counters, succeeded_at_close is carried_data.
+TEST(NoByteCounters, WithCountersSuccessAtCloseIsCarriedData) {
+    ConnectionUse quiet = use(TcpState::Established, kAbandonAgeNs + 1, 0, 0, 0);
+    ConnectionUse talked = use(TcpState::Established, kAbandonAgeNs + 1, 10, 5, 0);
+    EXPECT_FALSE(succeeded_at_close(quiet));
+    EXPECT_TRUE(succeeded_at_close(talked));
+}
+
 }  // namespace
 }  // namespace tcpfix::policy

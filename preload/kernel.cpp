@@ -1,0 +1,57 @@
+#include "preload/kernel.hpp"
+
+#include <sys/syscall.h>
+
+#include <atomic>
+#include <cerrno>
+
+#include <fmt/format.h>
+
+#include "policy/errno_names.hpp"
+#include "preload/log.hpp"
+#include "preload/real.hpp"
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+namespace tcpfix::kernel {
+namespace {
+
+constexpr auto kCount = static_cast<unsigned>(policy::Facility::Count);
+std::atomic<bool> g_lacks[kCount];
+
+enum : int { kUnknown = 0, kYes = 1, kNo = 2 };
+std::atomic<int> g_close_range{kUnknown};
+
+}  // namespace
+
+bool lacks(policy::Facility f) { return g_lacks[static_cast<unsigned>(f)].load(std::memory_order_relaxed); }
+
+void missing(policy::Facility f, const char* observed) {
+    if (g_lacks[static_cast<unsigned>(f)].exchange(true, std::memory_order_relaxed)) return;
+    const auto& info = policy::facility_info(f);
+    log::at(policy::LogLevel::Warn, "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum,
+            observed, info.without_it);
+}
+
+void missing(policy::Facility f, int err) {
+    const char* name = policy::errno_symbol(err);
+    char text[48];
+    auto r = fmt::format_to_n(text, sizeof text - 1, "the call failed with {}", name != nullptr ? name : "?");
+    text[r.size < sizeof text ? r.size : sizeof text - 1] = '\0';
+    missing(f, text);
+}
+
+bool has_close_range() {
+    int known = g_close_range.load(std::memory_order_relaxed);
+    if (known != kUnknown) return known == kYes;
+    // first == last == the highest number: nothing is open there, nothing closes.
+    long r = real::raw_syscall(SYS_close_range, ~0u, ~0u, 0);
+    bool yes = r == 0 || r != -ENOSYS;
+    g_close_range.store(yes ? kYes : kNo, std::memory_order_relaxed);
+    if (!yes) missing(policy::Facility::CloseRange, ENOSYS);
+    return yes;
+}
+
+}  // namespace tcpfix::kernel

@@ -1,0 +1,23 @@
+// What this kernel lacks, learnt once per facility: the first call that meets
+// a missing facility records it and logs the one warning that says what
+// tcpfix does instead (policy/facilities.*); later calls take the fallback
+// without asking the kernel again. Lock-free, allocation-free: callable from
+// any hook.
+#pragma once
+
+#include "policy/facilities.hpp"
+
+namespace tcpfix::kernel {
+
+// True once `f` was seen missing.
+bool lacks(policy::Facility f);
+
+// Records that the kernel lacks `f` and logs the warning the first time,
+// with what the call answered (`err`, a positive errno, or `observed`).
+void missing(policy::Facility f, int err);
+void missing(policy::Facility f, const char* observed);
+
+// close_range(2), probed once (a call that closes nothing).
+bool has_close_range();
+
+}  // namespace tcpfix::kernel
