@@ -295,8 +295,10 @@ struct ShareRows {
 ShareRows rows_of(const share::Snapshot& s) {
     ShareRows out{&s, {}};
     std::vector<share::EntryView> sorted = s.entries;
-    std::stable_sort(sorted.begin(), sorted.end(),
-                     [](const auto& a, const auto& b) { return a.connects > b.connects; });
+    // Busiest first, ties in table order (std::sort: no temporary buffer).
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+        return a.connects != b.connects ? a.connects > b.connects : a.index < b.index;
+    });
     share::EntryView other;
     bool has_other = false;
     for (std::size_t i = 0; i < sorted.size(); ++i) {
