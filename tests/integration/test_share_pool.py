@@ -16,6 +16,8 @@ import json
 import random
 import time
 
+import pytest
+
 from conftest import tcpfix_env
 from helpers import read_stats, show
 from share_env import (SynCounter, destination, finish, share_name,  # noqa: F401
@@ -173,3 +175,43 @@ def test_processes_killed_at_random_moments_leave_the_share_right(make_netns, li
     assert {d["destination"] for d in live["destinations"]} == {f"127.0.0.1:{open_port}",
                                                                 f"127.0.0.1:{closed_port}"}
     assert t_window_end - t_window < 8
+
+
+# -- leaks and reaps add up --------------------------------------------------------------------------
+
+def test_leaks_and_reaps_of_several_processes_add_up_in_the_share(make_netns, lib, program, share_name,
+                                                                 stats_dir):
+    """Three incident-001 leak clients (connect, leave the greeting unread,
+    never close) through one share with TCPFIX_REAP_CLOSE_WAIT and a shared
+    backoff: the share counts every leak and every reaped socket of all
+    three, exactly what their own stats files say, and ends at the backoff's
+    MAX with the connects paced. (Each process storms for the first 250 ms,
+    before any connection is old enough to be judged abandoned: with or
+    without a share.)"""
+    ns = make_netns((20000, 60000))
+    port = 7470
+    server = ns.popen([program("greeting_server"), "-a", "127.0.0.1", "-p", str(port), "-d", "100",
+                       "-t", "20000"])
+    assert server.stdout.readline().startswith("ready"), "greeting_server did not start"
+    env = tcpfix_env(lib, share=share_name, reap_close_wait="200ms", reconnect_backoff="20ms:200ms",
+                     stats=str(stats_dir / "leak-%p.json"), log="error")
+    clients = [ns.popen([program("leak_client"), "127.0.0.1", str(port), "100000", "3000", "1000"], env=env)
+               for _ in range(3)]
+    for c in clients:
+        out, err = c.communicate(timeout=30)
+        assert c.returncode == 0, out + err
+    server.terminate()
+    server.wait(5)
+    stats = [read_stats(f) for f in sorted(stats_dir.glob("leak-*.json"))]
+    assert len(stats) == 3, [f.name for f in stats_dir.iterdir()]
+    dest = f"127.0.0.1:{port}"
+    mine = [s["destinations"][dest] for s in stats]
+    d = destination(top_json(ns, share_name), dest)
+    print(json.dumps({"share": d, "processes": mine}))
+    assert d["connects"] == sum(m["connects"] for m in mine)
+    assert d["leaks"] == sum(m["leaks"] for m in mine) and d["leaks"] > 0, (d, mine)
+    assert d["reaped"] == sum(m["reaped"] for m in mine) and d["reaped"] > 0, (d, mine)
+    assert d["failures"] == sum(m["failures"] for m in mine), (d, mine)
+    assert d["consecutive_failures"] == d["failures"] and d["backoff_delay_ms"] == 200, d
+    assert d["throttled_ms"] > 0 and d["throttled_ms"] == pytest.approx(
+        sum(s["throttled_ms"] for s in stats), abs=3 * 50), (d, [s["throttled_ms"] for s in stats])
