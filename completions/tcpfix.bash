@@ -4,7 +4,8 @@
 # the @RUN_...@ lists from the variable table (policy::variables()), so
 # `tcpfix run --<TAB>` offers exactly the options tcpfix run takes. The other
 # subcommands' options are read from their own --help, so they follow the
-# installed binary.
+# installed binary. `tcpfix attach` takes run's policy options (not
+# --library) and names its target with --cgroup, --unit or a command.
 
 _tcpfix_run_options="@RUN_OPTIONS@"
 _tcpfix_run_value_options="@RUN_VALUE_OPTIONS@"
@@ -37,7 +38,7 @@ _tcpfix_complete_command() {
 
 _tcpfix() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local subcommands="run probe churn doctor ab top"
+    local subcommands="run probe churn doctor ab attach top"
     local i sub="" subidx=0
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
@@ -64,7 +65,19 @@ _tcpfix() {
     fi
 
     case $sub in
-        run)
+        run | attach)
+            local options=$_tcpfix_run_options value_options=$_tcpfix_run_value_options
+            if [[ $sub == attach ]]; then
+                options="${options/--library/--cgroup --unit --json}"
+                value_options="${value_options/--library/--cgroup --unit}"
+                if [[ $opt == --cgroup ]]; then
+                    compopt -o filenames 2>/dev/null
+                    mapfile -t COMPREPLY < <(compgen -d -- "$cur")
+                    return 0
+                elif [[ $opt == --unit ]]; then
+                    return 0
+                fi
+            fi
             # Where does the command start? After "--", or at the first word
             # that is neither an option nor an option's value.
             local j w
@@ -75,19 +88,19 @@ _tcpfix() {
                     return 0
                 elif [[ $w == "=" ]]; then
                     ((j++))  # the value of --opt=value
-                elif [[ " $_tcpfix_run_value_options " == *" $w "* ]]; then
+                elif [[ " $value_options " == *" $w "* ]]; then
                     [[ ${COMP_WORDS[j + 1]} == "=" ]] || ((j++))
                 elif [[ $w != -* ]]; then
                     _tcpfix_complete_command "$j"
                     return 0
                 fi
             done
-            if [[ " $_tcpfix_run_value_options " == *" $opt "* ]]; then
+            if [[ " $value_options " == *" $opt "* ]]; then
                 _tcpfix_run_value "$opt" "$cur"
                 return 0
             fi
             if [[ $cur == -* ]]; then
-                mapfile -t COMPREPLY < <(compgen -W "$_tcpfix_run_options --" -- "$cur")
+                mapfile -t COMPREPLY < <(compgen -W "$options --" -- "$cur")
             else
                 mapfile -t COMPREPLY < <(compgen -c -- "$cur")
             fi

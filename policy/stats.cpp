@@ -149,6 +149,15 @@ double LatencyHistogram::percentile_us(double fraction) const {
     return max_us();
 }
 
+void LatencyHistogram::assign(const std::uint64_t* counts) {
+    std::int64_t max_ns = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+        buckets_[b].store(counts[b], std::memory_order_relaxed);
+        if (counts[b] != 0) max_ns = static_cast<std::int64_t>(upper_bound_us(b) * 1000.0);
+    }
+    max_ns_.store(max_ns, std::memory_order_relaxed);
+}
+
 void LatencyHistogram::reset() {
     for (auto& b : buckets_) b.store(0, std::memory_order_relaxed);
     max_ns_.store(0, std::memory_order_relaxed);

@@ -27,6 +27,10 @@ public:
     double percentile_us(double fraction) const;
     double max_us() const { return static_cast<double>(max_ns_.load(std::memory_order_relaxed)) / 1000.0; }
     void reset();
+    // Replaces the counts with `counts` (kBuckets of them, as bucket_of
+    // numbers them: `tcpfix attach` counts in the kernel) and the maximum
+    // with the upper bound of the highest bucket used.
+    void assign(const std::uint64_t* counts);
 
     static int bucket_of(std::int64_t ns);
     static double upper_bound_us(int bucket);

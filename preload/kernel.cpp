@@ -16,20 +16,20 @@
 #endif
 
 namespace tcpfix::kernel {
-namespace {
 
-constexpr auto kCount = static_cast<unsigned>(policy::Facility::Count);
-std::atomic<bool> g_lacks[kCount];
+namespace detail {
+std::atomic<bool> g_lacks[static_cast<unsigned>(policy::Facility::Count)];
+}
+
+namespace {
 
 enum : int { kUnknown = 0, kYes = 1, kNo = 2 };
 std::atomic<int> g_close_range{kUnknown};
 
 }  // namespace
 
-bool lacks(policy::Facility f) { return g_lacks[static_cast<unsigned>(f)].load(std::memory_order_relaxed); }
-
 void missing(policy::Facility f, const char* observed) {
-    if (g_lacks[static_cast<unsigned>(f)].exchange(true, std::memory_order_relaxed)) return;
+    if (detail::g_lacks[static_cast<unsigned>(f)].exchange(true, std::memory_order_relaxed)) return;
     const auto& info = policy::facility_info(f);
     log::at(policy::LogLevel::Warn, "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum,
             observed, info.without_it);

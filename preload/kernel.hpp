@@ -5,12 +5,20 @@
 // any hook.
 #pragma once
 
+#include <atomic>
+
 #include "policy/facilities.hpp"
 
 namespace tcpfix::kernel {
 
-// True once `f` was seen missing.
-bool lacks(policy::Facility f);
+namespace detail {
+extern std::atomic<bool> g_lacks[static_cast<unsigned>(policy::Facility::Count)];
+}
+
+// True once `f` was seen missing. Inline: it sits on the close path.
+inline bool lacks(policy::Facility f) {
+    return detail::g_lacks[static_cast<unsigned>(f)].load(std::memory_order_relaxed);
+}
 
 // Records that the kernel lacks `f` and logs the warning the first time,
 // with what the call answered (`err`, a positive errno, or `observed`).

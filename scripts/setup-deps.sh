@@ -25,7 +25,9 @@ BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 # libfcgi-bin for the shared pool); tmux to drive `tcpfix top` in a terminal;
 # matplotlib for ab --plot and
 # the benchmark chart; man-db/groff for the manuals; dpkg-dev/file for the
-# package; prometheus for promtool's check of the .prom output.
+# package; prometheus for promtool's check of the .prom output; clang (BPF
+# target), bpftool and the static libbpf/libelf/zlib/zstd for `tcpfix attach`,
+# golang-go for the static Go client its tests run.
 #
 # For the portability tests: debootstrap (Debian 11 and 13 userlands),
 # libseccomp-dev and pkg-config (tests/oldkernel: a kernel made to look old),
@@ -35,6 +37,7 @@ DEPS_PACKAGES=(cmake make g++ libfmt-dev libcli11-dev libgtest-dev python3 pytho
                  haproxy redis-server php-cli php-redis php-fpm libfcgi-bin mariadb-server mariadb-client sysbench tmux
                  python3-matplotlib valgrind man-db groff-base dpkg-dev file prometheus
                  clang libclang-rt-14-dev
+                 bpftool libbpf-dev libelf-dev zlib1g-dev libzstd-dev golang-go
                  debootstrap libseccomp-dev pkg-config rpm rpm2cpio cpio musl-tools)
 
 # What the demo needs and nothing more: the build of the library, the command

@@ -404,7 +404,10 @@ int run_ab(const AbOptions& o) {
         return kExitNotFound;
     }
     for (const auto& why : preload_obstacles(*target))
-        fmt::print(stderr, "tcpfix ab: warning: {}; tcpfix's policies will not apply to it\n", why);
+        fmt::print(stderr,
+                   "tcpfix ab: warning: {}; the preload's policies will not apply to it (`tcpfix "
+                   "attach` can carry some, from the kernel)\n",
+                   why);
     for (const auto& arm : e.arms)
         if (arm.disabled)
             fmt::print(stderr,

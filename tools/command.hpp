@@ -32,6 +32,7 @@ struct Command {
 Command add_run(CLI::App& parent);
 Command add_probe(CLI::App& parent);
 Command add_churn(CLI::App& parent);
+Command add_attach(CLI::App& parent);
 
 // --NAME DURATION in the library's grammar (250ms, 2s, 500us; at most 1 h),
 // stored in nanoseconds. `fallback` is shown in --help as the default.

@@ -351,14 +351,16 @@ bool serious(const std::vector<Finding>& findings) {
 
 int run_binary(const DoctorOptions& o) {
     auto r = examine_binary(o.binary);
+    bool reached = !std::any_of(r.findings.begin(), r.findings.end(),
+                                [](const auto& f) { return f.severity == "critical"; });
     if (o.json) {
+        // "instead": what reaches a program the preload cannot (the kernel's
+        // policies, by cgroup).
         fmt::print(
-            "{{\"binary\":{},\"checked\":{},\"findings\":{},\"notes\":{},\"preload_reaches\":{}}}"
-            "\n",
+            "{{\"binary\":{},\"checked\":{},\"findings\":{},\"notes\":{},\"preload_reaches\":{}"
+            "{}}}\n",
             policy::json_quote(r.path), json_string_list(r.checked), json_findings(r.findings),
-            json_string_list(r.notes),
-            !std::any_of(r.findings.begin(), r.findings.end(),
-                         [](const auto& f) { return f.severity == "critical"; }));
+            json_string_list(r.notes), reached, reached ? "" : ",\"instead\":\"tcpfix attach\"");
         return serious(r.findings) ? kExitFindings : 0;
     }
     fmt::print("tcpfix doctor --binary {}\n", r.path);
@@ -371,14 +373,21 @@ int run_binary(const DoctorOptions& o) {
     for (const auto& f : r.findings)
         fmt::print("{}", wrap(fmt::format("[{}] {}", f.severity, f.text), "  "));
     for (const auto& n : r.notes) fmt::print("{}", wrap("note: " + n, "  "));
-    bool reached = !std::any_of(r.findings.begin(), r.findings.end(),
-                                [](const auto& f) { return f.severity == "critical"; });
     if (r.findings.empty())
         fmt::print("  LD_PRELOAD reaches it: tcpfix's policies will apply.\n");
     else if (reached)
         fmt::print("  LD_PRELOAD reaches it, with the limit above.\n");
     else
-        fmt::print("  LD_PRELOAD does not reach it: tcpfix cannot help this program.\n");
+        fmt::print(
+            "{}",
+            wrap(fmt::format("LD_PRELOAD does not reach it. `tcpfix attach` does, from the kernel "
+                             "(BPF, as root): the SYN retransmission timeout (--connect-timeout), "
+                             "source addresses (--source-addrs), CLOSE_WAIT reaping "
+                             "(--reap-close-wait) and TIME_WAIT removal (--close rst) for every "
+                             "program in a cgroup, e.g. `tcpfix attach --close rst -- {}` or "
+                             "`tcpfix attach --close rst --unit NAME.service`.",
+                             r.path),
+                 "  "));
     return serious(r.findings) ? kExitFindings : 0;
 }
 
@@ -425,7 +434,8 @@ Command add_doctor(CLI::App& parent) {
         "  port_range    >= {:.0f}% of the ephemeral range in use\n"
         "\n"
         "--binary PATH warns about set-user-ID, set-group-ID and file-capability programs,\n"
-        "static binaries and Go programs (LD_PRELOAD cannot reach them), and calls to dlopen()\n"
+        "static binaries and Go programs (LD_PRELOAD cannot reach them: `tcpfix attach` can,\n"
+        "from the kernel), and calls to dlopen()\n"
         "with RTLD_DEEPBIND in the program and its libraries (x86-64 code: a constant flags\n"
         "argument loaded just before the call; elsewhere PHP < 8.5 by its version text).\n"
         "\n"

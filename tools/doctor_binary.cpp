@@ -415,7 +415,7 @@ Finding obstacle_finding(const std::string& why) {
     f.severity = "critical";
     f.kind = why.find("statically linked") != std::string::npos ? "static" : "secure";
     f.subject = why.substr(0, why.find(' '));
-    f.text = fmt::format("{}; tcpfix's policies would not apply to it.", why);
+    f.text = fmt::format("{}; the preload's policies would not apply to it.", why);
     return f;
 }
 

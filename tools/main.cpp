@@ -5,10 +5,6 @@
 #include <cstdio>
 #include <exception>
 
-#ifdef TCPFIX_STATIC_CLI
-#include <nss.h>
-#endif
-
 #include "tools/ab.hpp"
 #include "tools/command.hpp"
 #include "tools/doctor.hpp"
@@ -33,7 +29,13 @@ int tcpfix_main(int argc, char** argv) {
     app.set_version_flag("--version", "tcpfix " TCPFIX_VERSION);
     app.require_subcommand(1);
     std::vector<Command> commands = {
-        add_run(app), add_probe(app), add_churn(app), add_doctor(app), add_ab(app), add_top(app),
+        add_run(app),
+        add_probe(app),
+        add_churn(app),
+        add_doctor(app),
+        add_ab(app),
+        add_attach(app),
+        add_top(app),
     };
     try {
         app.parse(argc, argv);
@@ -58,13 +60,6 @@ int tcpfix_main(int argc, char** argv) {
 }  // namespace tcpfix::tools
 
 int main(int argc, char** argv) {
-#ifdef TCPFIX_STATIC_CLI
-    // Linked statically (so it runs on every glibc; README "Runs on every
-    // glibc from 2.17"): resolve host names only with the resolvers built into
-    // this binary's libc — /etc/hosts and DNS — and never dlopen the host's NSS
-    // modules, which belong to another glibc.
-    __nss_configure_lookup("hosts", "files dns");
-#endif
     try {
         return tcpfix::tools::tcpfix_main(argc, argv);
     } catch (const std::exception& e) {

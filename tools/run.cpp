@@ -16,6 +16,7 @@
 #include "policy/config.hpp"
 #include "tools/command.hpp"
 #include "tools/fd.hpp"
+#include "tools/policy_options.hpp"
 
 namespace tcpfix::tools {
 namespace {
@@ -24,9 +25,7 @@ constexpr int kExitNotFound = 127;    // as a shell reports a missing command
 constexpr int kExitCannotExec = 126;  // ... and one it found but could not run
 
 struct RunOptions {
-    std::vector<CLI::Option*> options;  // one per policy::variables() entry
-    std::vector<std::string> values;
-    std::unique_ptr<bool[]> flags;
+    PolicyOptions policy;  // one option per policy::variables() entry
     std::string library;
     std::vector<std::string> command;
 };
@@ -35,14 +34,9 @@ struct RunOptions {
 // refusal line (the library's own wording) instead when a value is bad.
 std::variant<std::vector<std::pair<std::string, std::string>>, std::string> chosen_variables(
     const RunOptions& o) {
-    std::vector<std::pair<std::string, std::string>> out;
-    auto table = policy::variables();
-    for (std::size_t i = 0; i < table.size(); ++i) {
-        if (o.options[i]->count() == 0) continue;
-        std::string value = table[i].flag ? (o.flags[i] ? "1" : "0") : o.values[i];
-        if (auto refusal = policy::check_variable(table[i].name, value)) return *refusal;
-        out.emplace_back(table[i].name, std::move(value));
-    }
+    auto out = o.policy.given();
+    for (const auto& [name, value] : out)
+        if (auto refusal = policy::check_variable(name, value)) return *refusal;
     return out;
 }
 
@@ -77,7 +71,10 @@ int run_command(const RunOptions& o) {
         return kExitNotFound;
     }
     for (const auto& why : preload_obstacles(*target))
-        fmt::print(stderr, "tcpfix: warning: {}; tcpfix's policies will not apply to it\n", why);
+        fmt::print(stderr,
+                   "tcpfix: warning: {}; the preload's policies will not apply to it (`tcpfix "
+                   "attach` can carry some, from the kernel)\n",
+                   why);
     if (auto why = load_refusal(*target, library)) {
         fmt::print(stderr, "tcpfix: {}; not starting it\n", *why);
         return kExitCannotExec;
@@ -92,36 +89,13 @@ int run_command(const RunOptions& o) {
     return err == ENOENT ? kExitNotFound : kExitCannotExec;
 }
 
-std::string option_help(const policy::VariableInfo& v) {
-    if (v.flag) return fmt::format("{}; sets {}=1", v.summary, v.name);
-    return fmt::format("{}; sets {} to {} (e.g. {})", v.summary, v.name, v.expected, v.example);
-}
-
-// The placeholder --help shows for a variable's value.
-std::string value_name(const policy::VariableInfo& v) {
-    if (v.expected.starts_with("a duration")) return "DURATION";
-    if (v.expected.starts_with("a file path")) return "PATH";
-    if (v.expected.find("comma-separated") != std::string_view::npos) return "LIST";
-    return "VALUE";
-}
-
 }  // namespace
 
 Command add_run(CLI::App& parent) {
     auto o = std::make_shared<RunOptions>();
     auto* app = parent.add_subcommand(
         "run", "Run CMD with libtcpfix.so preloaded and the options as TCPFIX_* variables");
-    auto table = policy::variables();
-    o->values.resize(table.size());
-    o->flags = std::make_unique<bool[]>(table.size());
-    for (std::size_t i = 0; i < table.size(); ++i) {
-        auto name = fmt::format("--{}", table[i].cli);
-        if (table[i].flag)
-            o->options.push_back(app->add_flag(name, o->flags[i], option_help(table[i])));
-        else
-            o->options.push_back(app->add_option(name, o->values[i], option_help(table[i]))
-                                     ->type_name(value_name(table[i])));
-    }
+    o->policy.add_to(*app);
     app->add_option("--library", o->library,
                     "the libtcpfix.so to preload (default: beside this executable, or in "
                     "../lib/tcpfix, ../lib/<multiarch>, ../lib)")
@@ -137,7 +111,8 @@ Command add_run(CLI::App& parent) {
         "a bad value is refused (exit 2) before CMD runs. libtcpfix.so is prepended to\n"
         "LD_PRELOAD (kept once), then CMD is exec'd: its exit status is tcpfix's.\n"
         "tcpfix warns when CMD is set-user-ID, set-group-ID, has file capabilities or is\n"
-        "statically linked: LD_PRELOAD cannot reach such programs. It does not start CMD\n"
+        "statically linked: LD_PRELOAD cannot reach such programs (`tcpfix attach` can\n"
+        "carry some policies to them from the kernel). It does not start CMD\n"
         "when the loader would refuse it with the library (a musl program, a glibc older\n"
         "than the library needs) and says so.\n"
         "Exit status when CMD does not start: 2 bad option, 3 library not found,\n"

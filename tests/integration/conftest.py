@@ -365,3 +365,8 @@ def stats_dir(tmp_path: Path) -> Path:
     d = tmp_path / "stats"
     d.mkdir()
     return d
+
+
+# The fixtures of the `tcpfix attach` tests (the static Go client, test
+# cgroups, attach itself), defined beside their helpers.
+from attach_env import attach_cli, go_client, make_cgroup  # noqa: E402,F401

@@ -291,16 +291,22 @@ def test_doctor_binary_warns_for_a_static_binary(cli, tmp_path):
     kinds = [f["kind"] for f in report["findings"]]
     assert kinds == ["static"], report
     assert report["preload_reaches"] is False
+    assert report["instead"] == "tcpfix attach"  # not a dead end: the kernel's policies reach it
     text = subprocess.run([str(cli), "doctor", "--binary", static], capture_output=True, text=True)
     assert text.returncode == 1
     assert "statically linked" in text.stdout and "LD_PRELOAD cannot reach it" in text.stdout
     assert "LD_PRELOAD does not reach it" in text.stdout
+    assert "cannot help" not in text.stdout
+    flat = " ".join(text.stdout.split())
+    assert f"`tcpfix attach --close rst -- {static}`" in flat, text.stdout
+    assert "--unit NAME.service" in flat
 
 
 def test_doctor_binary_passes_a_plain_dynamic_program(cli, tmp_path):
     plain = compile_c(tmp_path, "plain_prog", "RTLD_NOW")
     report, r = binary_json(cli, plain)
     assert r.returncode == 0 and report["findings"] == [] and report["preload_reaches"] is True
+    assert "instead" not in report
     assert report["checked"][0] == plain
     assert any(p.endswith("/libc.so.6") for p in report["checked"]), report["checked"]
 
@@ -332,7 +338,9 @@ def test_doctor_binary_warns_for_set_user_id_and_file_capabilities(cli, tmp_path
     assert r.returncode == 1
     assert [f["kind"] for f in report["findings"]] == ["secure"], report
     assert "set-user-ID" in report["findings"][0]["text"]
-    assert report["preload_reaches"] is False
+    assert report["preload_reaches"] is False and report["instead"] == "tcpfix attach"
+    text = subprocess.run([str(cli), "doctor", "--binary", suid], capture_output=True, text=True)
+    assert "`tcpfix attach" in text.stdout and "cannot help" not in text.stdout
 
     # cap_net_raw+ep, as `setcap cap_net_raw+ep` writes it (vfs_cap_data revision 2).
     caps = compile_c(tmp_path, "caps_prog", "RTLD_NOW")

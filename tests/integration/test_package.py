@@ -197,6 +197,15 @@ def test_completion_hands_over_to_the_command():
     assert "--close" not in complete(["tcpfix", "run", "--", "true", "--cl"])
 
 
+def test_completion_of_attach_takes_runs_policy_options():
+    offered = set(complete(["tcpfix", "attach", "--"]))
+    assert {"--cgroup", "--unit", "--json", "--close", "--reap-close-wait"} <= offered, offered
+    assert "--library" not in offered
+    assert sorted(complete(["tcpfix", "attach", "--close", ""])) == ["keep", "rst", "rst-always"]
+    assert "/sys" in complete(["tcpfix", "attach", "--cgroup", "/sy"])
+    assert "python3" in complete(["tcpfix", "attach", "--close", "rst", "--", "python"])
+
+
 def test_completion_of_other_subcommands_follows_their_help():
     probe = set(complete(["tcpfix", "probe", "--"]))
     assert {"--timeout", "--count", "--interval", "--json"} <= probe, probe

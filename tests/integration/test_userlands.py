@@ -21,6 +21,7 @@ arms), so the cures are the library's doing.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -84,6 +85,37 @@ def test_library_loads_and_refuses_as_on_debian12(u, make_netns):
     assert bad.returncode == 2 and "ran" not in bad.stdout, show(bad)
     assert bad.stderr.strip() == ('tcpfix: TCPFIX_CONNECT_TIMEOUT="fast": '
                                   "expected a duration such as 250ms or 2s"), show(bad)
+
+
+def test_command_start_up_and_shutdown(u):
+    """An executable built like the command (libstdc++ inside, glibc
+    references redirected by tools/glibc_compat.cpp): constructors run exactly
+    once before main (Debian 11's loader takes the old __libc_start_main, its
+    only one), then a thread, an exception (the unwinder's _dl_find_object),
+    atexit handlers and destructors."""
+    r = u.chroot([f"{u.scratch}/startprobe", "one", "two"])
+    assert r.returncode == 7, show(r)
+    assert r.stdout == ("constructors 1 1; argc 3 argv0 set; thread ran; exception caught\n"
+                        "atexit handler\nglobal destructor\n"), show(r)
+
+
+def test_command_runs_there(u, make_netns, program):
+    """The tcpfix command (static) in that userland: run, probe, churn and
+    doctor do their work, as on Debian 12."""
+    ns = make_netns((40000, 40999))
+    sink = ns.start_sink(program("sink_server"), PORT)
+    r = u.run(ns, [u.cli, "run", "--close", "rst", "--log", "debug", "--", "python3", "-c",
+                   f"import socket; s = socket.create_connection(('127.0.0.1', {PORT})); s.close()"])
+    assert r.returncode == 0 and ": RST (" in r.stderr, show(r)
+    r = u.run(ns, [u.cli, "probe", "127.0.0.1", PORT, "--count", "3", "--interval", "10ms"])
+    assert r.returncode == 0 and r.stdout.count("open 127.0.0.1:5432") == 3, show(r)
+    r = u.run(ns, [u.cli, "churn", "127.0.0.1", PORT, "--duration", "1s", "--rate", "100/s"])
+    assert r.returncode == 0 and "errors           none" in r.stdout, show(r)
+    assert re.search(r"^connects ok +100 ", r.stdout, re.M), show(r)
+    r = u.run(ns, [u.cli, "doctor", f"127.0.0.1:{PORT}"])
+    assert r.returncode in (0, 1) and "read with sock_diag" in r.stdout, show(r)
+    assert "TIME_WAIT 100" in r.stdout, show(r)  # churn's 100, seen through the netlink socket
+    assert sink.proc.poll() is None
 
 
 # -- rst: no TIME_WAIT, nothing lost -------------------------------------------------------------

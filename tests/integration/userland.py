@@ -30,9 +30,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import BASE_ENV, HERE, LIB, REPO
+from conftest import BASE_ENV, CLI, HERE, LIB, REPO
 
 CHROOT_SCRIPT = REPO / "scripts" / "chroot.sh"
+STARTPROBE = LIB.parent / "tests" / "floor" / "startprobe"
 PROGRAM_SOURCES = REPO / "tests" / "programs"
 
 # Which C clients each userland builds for itself.
@@ -62,6 +63,10 @@ class Userland:
     @property
     def lib(self) -> str:
         return f"{self.scratch}/libtcpfix.so"
+
+    @property
+    def cli(self) -> str:
+        return f"{self.scratch}/tcpfix"
 
     def program(self, name: str) -> str:
         return f"{self.scratch}/bin/{name}"
@@ -135,6 +140,8 @@ def prepare(suite: str, clients: tuple[str, ...] = C_CLIENTS) -> Userland:
     (scratch / "bin").mkdir()
     try:
         shutil.copy2(LIB, scratch / "libtcpfix.so")
+        shutil.copy2(CLI, scratch / "tcpfix")  # finds the library beside itself
+        shutil.copy2(STARTPROBE, scratch / "startprobe")
         shutil.copy2(HERE / "py_prober.py", scratch / "py_prober.py")
         shutil.copy2(PROGRAM_SOURCES / "progutil.h", scratch / "src" / "progutil.h")
         for name in clients:
