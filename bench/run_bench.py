@@ -81,6 +81,9 @@ CONFIGS: dict[str, dict[str, str] | None] = {
     "close_rst": {"TCPFIX_CLOSE": "rst"},
     "all": {"TCPFIX_CLOSE": "rst", "TCPFIX_CONNECT_TIMEOUT": "5s", "TCPFIX_CONNECT_RETRIES": "2",
             "TCPFIX_RECONNECT_BACKOFF": "10ms:1s", "TCPFIX_REAP_CLOSE_WAIT": "5s"},
+    # track plus a share of this run's own (removed at exit): the share's cost
+    # is share minus track.
+    "share": {"TCPFIX_TAG": "bench", "TCPFIX_SHARE": f"bench-{os.getpid()}"},
 }
 CONFIG_LABELS = {
     "none": "not preloaded",
@@ -91,8 +94,10 @@ CONFIG_LABELS = {
     "close_rst": "preloaded, TCPFIX_CLOSE=rst",
     "all": "preloaded, TCPFIX_CLOSE=rst + CONNECT_TIMEOUT=5s + CONNECT_RETRIES=2 + "
            "RECONNECT_BACKOFF=10ms:1s + REAP_CLOSE_WAIT=5s",
+    "share": "as track, plus TCPFIX_SHARE: every connect looks its destination up in the share "
+             "(/dev/shm) and counts there",
 }
-PRELOADED = ["preload", "disable", "track", "close_rst", "all"]
+PRELOADED = ["preload", "disable", "track", "close_rst", "all", "share"]
 
 OPS = {
     "close_file": "eventfd() + close(): close() of a non-socket descriptor",
@@ -124,7 +129,7 @@ def plan(quick: bool) -> dict:
             "hook_n": {"close_file": 2000, "socket_close": 1000, "connect_close": 100,
                        "dup2_socket": 5000, "dup2_file": 5000},
             "cg_n": {"close_file": (100, 600), "connect_close": (50, 300)},
-            "cg_configs": ["none", "preload", "track"],
+            "cg_configs": ["none", "preload", "track", "share"],
             "rate_rounds": 1, "rate_window_s": 2,
             "syn_rounds": 1, "syn_duration_s": 1, "syn_threads": 8, "syn_hz": 20, "syn_grace_s": 1.5,
             "storm_rounds": 1, "storm_duration_s": 1.5,
@@ -274,6 +279,12 @@ def _cleanup_all() -> None:
         try:
             _kill_ns(name)
         except Exception:
+            pass
+    # The share configuration's segment (shares outlive their processes).
+    for f in Path("/dev/shm").glob(f"*tcpfix-*-{CONFIGS['share']['TCPFIX_SHARE']}.v*"):
+        try:
+            f.unlink()
+        except OSError:
             pass
 
 
@@ -894,7 +905,7 @@ def chart(report: dict, path: Path) -> str | None:
              f"Linux {report['machine']['kernel']}{' (QUICK: not for quoting)' if report['quick'] else ''}")
     fig.suptitle(title)
     colours = {"preload": "#8fb3d9", "disable": "#b0b0b0", "track": "#4c72b0", "close_rst": "#dd8452",
-               "all": "#c44e52", "none_again": "#dddddd", "none": "#dddddd"}
+               "all": "#c44e52", "share": "#55a868", "none_again": "#dddddd", "none": "#dddddd"}
     ops = list(OPS)
 
     ax = axes[0][0]

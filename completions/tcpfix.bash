@@ -38,7 +38,7 @@ _tcpfix_complete_command() {
 
 _tcpfix() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local subcommands="run probe churn doctor ab attach"
+    local subcommands="run probe churn doctor ab attach top"
     local i sub="" subidx=0
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
@@ -105,7 +105,7 @@ _tcpfix() {
                 mapfile -t COMPREPLY < <(compgen -c -- "$cur")
             fi
             ;;
-        probe | churn | doctor | ab)
+        probe | churn | doctor | ab | top)
             if [[ $sub == ab ]]; then  # ab runs a command after "--"
                 local j
                 for ((j = subidx + 1; j < COMP_CWORD; j++)); do
@@ -121,8 +121,18 @@ _tcpfix() {
                 options=$("${COMP_WORDS[0]}" "$sub" --help 2>/dev/null |
                     sed -nE 's/^ +(-[^ ]+).*/\1/p' | tr ',' '\n')
                 mapfile -t COMPREPLY < <(compgen -W "$options" -- "$cur")
-            elif [[ $opt == --library || $opt == --binary || $opt == --dir || $opt == --plot ]]; then
+            elif [[ $opt == --library || $opt == --binary || $opt == --dir || $opt == --plot || $opt == --prom ]]; then
                 _tcpfix_files "$cur"
+            elif [[ $sub == top && $opt != -* ]]; then
+                # The shares of this user in /dev/shm: tcpfix-<uid>-<name>.v<layout>
+                local f uid names=()
+                uid=$(id -u)
+                for f in /dev/shm/tcpfix-"$uid"-*.v*; do
+                    [[ -e $f ]] || continue
+                    f=${f#/dev/shm/tcpfix-"$uid"-}
+                    names+=("${f%.v*}")
+                done
+                mapfile -t COMPREPLY < <(compgen -W "${names[*]}" -- "$cur")
             elif [[ $sub == churn && $opt == --close ]]; then
                 mapfile -t COMPREPLY < <(compgen -W "graceful rst" -- "$cur")
             fi

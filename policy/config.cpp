@@ -1,5 +1,6 @@
 #include "policy/config.hpp"
 
+#include <fmt/format.h>
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -7,7 +8,7 @@
 #include <charconv>
 #include <cmath>
 
-#include <fmt/format.h>
+#include "policy/share.hpp"
 
 namespace tcpfix::policy {
 namespace {
@@ -15,7 +16,7 @@ namespace {
 constexpr std::int64_t kMaxDurationNs = 3600LL * 1000 * 1000 * 1000;  // one hour
 constexpr std::size_t kMaxTagLength = 64;
 
-constexpr std::array<VariableInfo, 15> kVariables = {{
+constexpr std::array<VariableInfo, 16> kVariables = {{
     {"TCPFIX_CLOSE", "close", "keep, rst or rst-always", "rst",
      "a matched connection ended by close(), dup2() or exit ends with RST instead of leaving TIME_WAIT "
      "(incident 000)",
@@ -47,13 +48,18 @@ constexpr std::array<VariableInfo, 15> kVariables = {{
      "127.0.0.1:6379", "only connections to these destinations get the policies", false},
     {"TCPFIX_LOG", "log", "off, error, warn, info or debug", "info",
      "what the library writes, one line per event", false},
-    {"TCPFIX_LOG_FILE", "log-file", "a file path", "/tmp/tcpfix.log",
-     "log there instead of stderr", false},
+    {"TCPFIX_LOG_FILE", "log-file", "a file path", "/tmp/tcpfix.log", "log there instead of stderr",
+     false},
     {"TCPFIX_STATS", "stats", "a file path (%p becomes the PID)", "/tmp/tcpfix-%p.json",
      "the process's counters as JSON, atomically at exit and refreshed while it runs", false},
     {"TCPFIX_TAG", "tag", "a label of 1 to 64 printable characters without spaces or quotes",
      "arm-b", "carried in every log line and in the stats", false},
     {"TCPFIX_DISABLE", "disable", "0 or 1", "1", "pure pass-through (the control arm)", true},
+    {"TCPFIX_SHARE", "share",
+     "a name of 1 to 64 letters, digits, '.', '_' or '-', such as php-pool", "php-pool",
+     "processes of this user naming the same share pace and back off together; `tcpfix top NAME` "
+     "shows it",
+     false},
 }};
 
 std::optional<unsigned> parse_uint(std::string_view s, unsigned lo, unsigned hi) {
@@ -238,11 +244,30 @@ bool set_disable(Config& c, std::string_view v) {
     return b.has_value();
 }
 
+// Letters, digits, '.', '_', '-': the name becomes part of a file name in /dev/shm.
+bool set_share(Config& c, std::string_view v) {
+    if (!share::valid_name(v)) return false;
+    c.share = std::string(v);
+    return true;
+}
+
 constexpr std::array<Setter, kVariables.size()> kSetters = {
-    set_close,     set_connect_timeout, set_connect_retries, set_bind_no_port,
-    set_source_addrs, set_port_range,   set_reconnect_backoff, set_connect_rate,
-    set_reap_close_wait, set_match,     set_log,             set_log_file,
-    set_stats,     set_tag,             set_disable,
+    set_close,
+    set_connect_timeout,
+    set_connect_retries,
+    set_bind_no_port,
+    set_source_addrs,
+    set_port_range,
+    set_reconnect_backoff,
+    set_connect_rate,
+    set_reap_close_wait,
+    set_match,
+    set_log,
+    set_log_file,
+    set_stats,
+    set_tag,
+    set_disable,
+    set_share,
 };
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {

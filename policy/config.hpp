@@ -45,6 +45,7 @@ struct Config {
     std::string log_file;
     std::string stats_path;
     std::string tag;
+    std::string share;  // TCPFIX_SHARE: the name of the share, or empty
     // Every TCPFIX_* variable that was set, as given, in table order.
     std::vector<std::pair<std::string, std::string>> given;
 

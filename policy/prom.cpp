@@ -4,7 +4,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace tcpfix::policy {
 namespace {
@@ -57,6 +59,19 @@ class Writer {
         if (!key.empty()) {
             put("\",{}=\"", key);
             label_value(key_value);
+        }
+        put("\"}} {}\n", value);
+    }
+
+    // name{k1="v1"[,k2="v2"]} value
+    template <typename V>
+    void labelled(std::string_view name, std::string_view k1, std::string_view v1,
+                  std::string_view k2, std::string_view v2, V value) {
+        put("{}{{{}=\"", name, k1);
+        label_value(v1);
+        if (!k2.empty()) {
+            put("\",{}=\"", k2);
+            label_value(v2);
         }
         put("\"}} {}\n", value);
     }
@@ -289,6 +304,133 @@ std::size_t render_stats_prom(const Counters& c, const StatsContext& ctx,
                        &DestinationCounts::reaped);
 
     return w.overflow() ? 0 : w.used();
+}
+
+namespace {
+
+// One share's destinations as the textfile names them.
+struct ShareRows {
+    const share::Snapshot* snapshot;
+    std::vector<std::pair<std::string, share::EntryView>> rows;  // label, values
+};
+
+ShareRows rows_of(const share::Snapshot& s) {
+    ShareRows out{&s, {}};
+    std::vector<share::EntryView> sorted = s.entries;
+    // Busiest first, ties in table order (std::sort: no temporary buffer).
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
+        return a.connects != b.connects ? a.connects > b.connects : a.index < b.index;
+    });
+    share::EntryView other;
+    bool has_other = false;
+    for (std::size_t i = 0; i < sorted.size(); ++i) {
+        const auto& v = sorted[i];
+        if (static_cast<int>(i) < kPromTopDestinations) {
+            out.rows.emplace_back(fmt::format("{}", v.dest), v);
+            continue;
+        }
+        has_other = true;
+        other.connects += v.connects;
+        other.failures += v.failures;
+        other.leaks += v.leaks;
+        other.reaped += v.reaped;
+        other.throttled_us += v.throttled_us;
+        other.waiting += v.waiting;
+        other.consecutive_failures = std::max(other.consecutive_failures, v.consecutive_failures);
+        other.backoff_delay_ns = std::max(other.backoff_delay_ns, v.backoff_delay_ns);
+        if (v.time_wait >= 0)
+            other.time_wait = std::max<std::int64_t>(other.time_wait, 0) + v.time_wait;
+    }
+    if (has_other) out.rows.emplace_back("other", other);
+    return out;
+}
+
+void render_shares(Writer& w, const std::vector<ShareRows>& shares) {
+    w.family("tcpfix_share_info", "gauge",
+             "A share of tcpfix processes (TCPFIX_SHARE) on this host (always 1).");
+    for (const auto& s : shares) {
+        w.put("tcpfix_share_info{{share=\"");
+        w.label_value(s.snapshot->name);
+        w.put("\",uid=\"{}\"}} 1\n", s.snapshot->uid);
+    }
+    auto per_share = [&](std::string_view name, std::string_view type, std::string_view help,
+                         auto value) {
+        w.family(name, type, help);
+        for (const auto& s : shares)
+            w.labelled(name, "share", s.snapshot->name, {}, {}, value(*s.snapshot));
+    };
+    per_share("tcpfix_share_processes", "gauge", "Live processes attached to the share.",
+              [](const share::Snapshot& s) { return s.processes.size(); });
+    per_share("tcpfix_share_destinations", "gauge", "Destinations the share's table holds.",
+              [](const share::Snapshot& s) { return s.entries.size(); });
+    per_share("tcpfix_share_destinations_capacity", "gauge",
+              "Destinations the share's table can hold.",
+              [](const share::Snapshot& s) { return s.capacity; });
+    per_share("tcpfix_share_table_full_total", "counter",
+              "Connects to a new destination the full table could not take (paced per process).",
+              [](const share::Snapshot& s) { return s.table_full; });
+
+    auto per_destination = [&](std::string_view name, std::string_view type, std::string_view help,
+                               auto value) {
+        w.family(name, type, help);
+        for (const auto& s : shares)
+            for (const auto& [label, v] : s.rows) {
+                auto x = value(v);
+                if (x < 0) continue;  // unknown
+                w.labelled(name, "share", s.snapshot->name, "destination", label, x);
+            }
+    };
+    per_destination("tcpfix_share_connects_total", "counter",
+                    "Matched connects to the destination, all processes.",
+                    [](const share::EntryView& v) { return static_cast<double>(v.connects); });
+    per_destination("tcpfix_share_failures_total", "counter",
+                    "Connect errors and abandoned connections to the destination, all processes.",
+                    [](const share::EntryView& v) { return static_cast<double>(v.failures); });
+    per_destination("tcpfix_share_leaks_total", "counter",
+                    "Connections to the destination the applications abandoned.",
+                    [](const share::EntryView& v) { return static_cast<double>(v.leaks); });
+    per_destination("tcpfix_share_close_wait_reaped_total", "counter",
+                    "Connections to the destination shut down in CLOSE_WAIT to free their port.",
+                    [](const share::EntryView& v) { return static_cast<double>(v.reaped); });
+    per_destination(
+        "tcpfix_share_throttled_seconds_total", "counter",
+        "Time connects to the destination waited for the backoff or the connect rate.",
+        [](const share::EntryView& v) { return static_cast<double>(v.throttled_us) / 1e6; });
+    per_destination(
+        "tcpfix_share_backoff_delay_seconds", "gauge",
+        "The destination's current reconnect backoff delay (0: healthy).",
+        [](const share::EntryView& v) { return static_cast<double>(v.backoff_delay_ns) / 1e9; });
+    per_destination(
+        "tcpfix_share_consecutive_failures", "gauge",
+        "Failures to the destination since its last success.",
+        [](const share::EntryView& v) { return static_cast<double>(v.consecutive_failures); });
+    per_destination("tcpfix_share_waiting_connects", "gauge",
+                    "Connects to the destination waiting for their turn right now.",
+                    [](const share::EntryView& v) { return static_cast<double>(v.waiting); });
+    per_destination("tcpfix_share_time_wait_sockets", "gauge",
+                    "TIME_WAIT entries toward the destination in this network namespace now.",
+                    [](const share::EntryView& v) { return static_cast<double>(v.time_wait); });
+}
+
+}  // namespace
+
+std::string render_shares_prom(std::span<const share::Snapshot> shares) {
+    std::vector<ShareRows> rows;
+    std::size_t estimate = 8192;
+    for (const auto& s : shares) {
+        rows.push_back(rows_of(s));
+        estimate += 2048 + rows.back().rows.size() * 9 * 256;
+    }
+    for (;;) {
+        std::string out(estimate, '\0');
+        Writer w(out.data(), out.size());
+        render_shares(w, rows);
+        if (!w.overflow()) {
+            out.resize(w.used());
+            return out;
+        }
+        estimate *= 2;
+    }
 }
 
 }  // namespace tcpfix::policy

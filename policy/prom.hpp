@@ -11,6 +11,7 @@
 #include <string_view>
 #include <utility>
 
+#include "policy/share.hpp"
 #include "policy/stats.hpp"
 
 namespace tcpfix::policy {
@@ -32,5 +33,15 @@ constexpr bool wants_prometheus(std::string_view stats_path) {
 std::size_t render_stats_prom(const Counters& c, const StatsContext& ctx,
                               std::span<const std::pair<std::string, std::string>> policy,
                               char* buf, std::size_t cap);
+
+// The counters of shares (TCPFIX_SHARE) as exposition text, what `tcpfix top
+// --prom FILE` writes for node_exporter's textfile collector: per share
+// (label `share`) the processes attached and the table's use, and per
+// destination (the kPromTopDestinations with the most connects; the rest
+// summed, gauges maxed, into destination="other") its counters (totals since
+// the share was created: the segment outlives its processes) and gauges (the
+// backoff delay, connects waiting, TIME_WAIT entries when known). For tools:
+// it allocates.
+std::string render_shares_prom(std::span<const share::Snapshot> shares);
 
 }  // namespace tcpfix::policy

@@ -125,4 +125,10 @@ bool succeeded_at_close(const ConnectionUse& use) {
     }
 }
 
+bool probe_succeeded(const ConnectionUse& use) {
+    bool connected = use.state == TcpState::Established || use.state == TcpState::CloseWait;
+    return connected && use.age_ns < kAbandonAgeNs && use.bytes_sent == 0 && use.bytes_received == 0 &&
+           use.unread == 0;
+}
+
 }  // namespace tcpfix::policy

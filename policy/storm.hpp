@@ -120,4 +120,10 @@ bool carried_data(const ConnectionUse& use);
 // not abandoned.
 bool succeeded_at_close(const ConnectionUse& use);
 
+// True for the whole life of a port prober (incident 000) as its close sees
+// it: the handshake completed, closed within kAbandonAgeNs, nothing sent,
+// nothing received, nothing unread; the peer may have closed already (a
+// server that accepts and closes), but said nothing.
+bool probe_succeeded(const ConnectionUse& use);
+
 }  // namespace tcpfix::policy

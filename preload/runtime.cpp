@@ -18,6 +18,7 @@
 #include "preload/hooks.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
+#include "preload/share.hpp"
 #include "preload/stats_file.hpp"
 #include "preload/storm.hpp"
 
@@ -54,6 +55,7 @@ void child_after_fork() {
     connect_policy::after_fork_in_child();
     hold::after_fork_in_child();
     storm::after_fork_in_child();
+    share::after_fork_in_child();
 }
 
 }  // namespace
@@ -100,6 +102,7 @@ __attribute__((constructor(101))) void initialise() {
     bool secure = getauxval(AT_SECURE) != 0;
     log::init(*g_config, secure);
     stats_file::init(*g_config, secure);
+    share::init(*g_config, secure);
     pthread_atfork(prepare_fork, parent_after_fork, child_after_fork);
     detail::g_active.store(true, std::memory_order_release);
 
@@ -120,6 +123,7 @@ __attribute__((destructor)) void finish() {
     hooks::close_open_at_exit();
     storm::summarise();
     stats_file::write_now();
+    share::detach();
 }
 
 }  // namespace

@@ -4,6 +4,11 @@
 // (TCPFIX_REAP_CLOSE_WAIT) so their ports go back to the system while the
 // descriptors stay the application's.
 //
+// With TCPFIX_SHARE the pacing state of a destination lives in the share
+// (preload/share.cpp, policy/share.*): one rate schedule and one backoff for
+// every process naming it, and the counts add up there too. This process's
+// own counters (TCPFIX_STATS) are kept as without a share.
+//
 // The scan reads TCP_INFO of this process's matched connections. It runs
 // from matched connects, at most once per scan interval, and — only when
 // reaping is on — from the connect watchdog's thread at the same interval: a
@@ -27,6 +32,7 @@
 #include "preload/log.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
+#include "preload/share.hpp"
 
 namespace tcpfix::storm {
 namespace {
@@ -99,6 +105,12 @@ void log_reaped(int fd, const fdtable::Slot& s, policy::DestinationState& d, con
     if (now - last >= kSummaryEveryNs && g_last_summary_ns.compare_exchange_strong(last, now)) summarise();
 }
 
+// A connection to a shared destination went well: healthy for every process,
+// and whoever waits for a backoff turn goes now.
+void succeed_shared(policy::share::Entry& e) {
+    if (policy::share::record_success(e)) share::wake_all(e);
+}
+
 // Classifies one connection (`judging`) and reaps it if it has sat in
 // CLOSE_WAIT too long (`reaping`).
 void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool reaping) {
@@ -122,15 +134,22 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
         policy::ConnectionUse use;
         if (read_use(fd, s, now, use)) {
             policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+            policy::share::Entry* shared = share::entry(s.dest);
             if (judge && policy::looks_abandoned(use)) {
                 s.flags.fetch_or(fdtable::kJudged | fdtable::kAbandoned, std::memory_order_acq_rel);
                 policy::bump(d.leaks);
                 policy::record_failure(d, *config.reconnect_backoff, now, random01());
+                if (shared != nullptr) {
+                    shared->leaks.fetch_add(1, std::memory_order_relaxed);
+                    policy::share::record_failure(*shared, *config.reconnect_backoff, now,
+                                                  random01());
+                }
                 log::at(policy::LogLevel::Info, "fd {} to {}: abandoned by the application ({} unread bytes, nothing written)",
                         fd, s.dest, use.unread);
             } else if (judge && policy::carried_data(use)) {
                 s.flags.fetch_or(fdtable::kJudged, std::memory_order_acq_rel);
                 policy::record_success(d);
+                if (shared != nullptr) succeed_shared(*shared);
             }
             if (reap && use.state == policy::TcpState::CloseWait) {
                 if ((flags & fdtable::kCloseWaitSeen) == 0) {
@@ -139,8 +158,13 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
                 } else if (now - s.close_wait_seen_ns >= *config.reap_close_wait_ns &&
                            call_errno(::shutdown, fd, SHUT_RDWR) == 0) {
                     s.flags.fetch_or(fdtable::kReaped, std::memory_order_acq_rel);
-                    if ((s.flags.load() & fdtable::kAbandoned) == 0) policy::bump(d.leaks);
+                    bool new_leak = (s.flags.load() & fdtable::kAbandoned) == 0;
+                    if (new_leak) policy::bump(d.leaks);
                     policy::bump(d.reaped);
+                    if (shared != nullptr) {
+                        if (new_leak) shared->leaks.fetch_add(1, std::memory_order_relaxed);
+                        shared->reaped.fetch_add(1, std::memory_order_relaxed);
+                    }
                     policy::bump(runtime::counters().close_wait_reaped);
                     log_reaped(fd, s, d, use, now);
                 }
@@ -161,6 +185,50 @@ bool sleep_until(std::int64_t until, bool nonblocking) {
         if (errno != EINTR) return true;
         if (!nonblocking && !connect_policy::handlers_restart()) return false;
     }
+}
+
+// The share's schedules for a connect to `e`: the backoff turn (waiting
+// until it is free, or until a success anywhere ends the failing spell), then
+// the rate slot. Returns 0, or -EINTR as sleep_until.
+int pace_shared(int fd, const fdtable::Slot& s, policy::share::Entry& e, bool nonblocking,
+                std::int64_t start) {
+    const policy::Config& config = runtime::config();
+    std::int64_t now = start;
+    int record = -1;
+    bool waited = false, interrupted = false;
+    auto begin_wait = [&] {
+        if (!waited) record = share::mark_waiting(e);
+        waited = true;
+    };
+    if (config.reconnect_backoff) {
+        for (;;) {
+            std::uint32_t seen = e.wake.load(std::memory_order_acquire);
+            std::int64_t wait =
+                policy::share::claim_backoff_turn(e, *config.reconnect_backoff, now, random01());
+            if (wait == 0) break;
+            begin_wait();
+            if (!share::wait_for_wake(e, seen, now + wait, nonblocking)) {
+                interrupted = true;
+                break;
+            }
+            now = runtime::now_ns();
+        }
+    }
+    if (!interrupted && config.connect_rate_per_s) {
+        std::int64_t wait = policy::share::reserve_rate_slot(e, *config.connect_rate_per_s, now);
+        if (wait > 0) {
+            begin_wait();
+            interrupted = !sleep_until(now + wait, nonblocking);
+        }
+    }
+    if (!waited) return 0;
+    share::unmark_waiting(record);
+    std::int64_t spent = runtime::now_ns() - start;
+    policy::bump(runtime::counters().throttled_ms, static_cast<std::uint64_t>(spent / 1'000'000));
+    e.throttled_us.fetch_add(static_cast<std::uint64_t>(spent / 1000), std::memory_order_relaxed);
+    log::at(policy::LogLevel::Debug, "connect fd {} to {}: paced by the share, waited {}", fd,
+            s.dest, policy::format_duration(spent));
+    return interrupted ? -EINTR : 0;
 }
 
 }  // namespace
@@ -200,12 +268,15 @@ std::int64_t on_timer(std::int64_t now) {
 
 int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
     const policy::Config& config = runtime::config();
+    policy::share::Entry* shared = share::entry(s.dest);
+    if (shared != nullptr) shared->connects.fetch_add(1, std::memory_order_relaxed);
     if (!enabled() && !config.connect_rate_per_s) return 0;
     std::int64_t now = runtime::now_ns();
     if (enabled()) {
         if (config.reap_close_wait_ns) connect_policy::start_timer();
         scan(now);
     }
+    if (shared != nullptr) return pace_shared(fd, s, *shared, nonblocking, now);
     policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
     std::int64_t until = now;
     if (config.reconnect_backoff)
@@ -222,10 +293,19 @@ int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
 void after_failure(const fdtable::Slot& s) {
     const policy::Config& config = runtime::config();
     policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
-    if (config.reconnect_backoff && (s.flags.load(std::memory_order_relaxed) & fdtable::kMatched) != 0)
+    const bool matched = (s.flags.load(std::memory_order_relaxed) & fdtable::kMatched) != 0;
+    if (config.reconnect_backoff && matched)
         policy::record_failure(d, *config.reconnect_backoff, runtime::now_ns(), random01());
     else
         policy::bump(d.failures);  // counted for the stats all the same
+    if (!matched) return;
+    if (policy::share::Entry* shared = share::entry(s.dest)) {
+        if (config.reconnect_backoff)
+            policy::share::record_failure(*shared, *config.reconnect_backoff, runtime::now_ns(),
+                                          random01());
+        else
+            shared->failures.fetch_add(1, std::memory_order_relaxed);
+    }
 }
 
 void on_close(int fd, fdtable::Slot& s) {
@@ -235,10 +315,23 @@ void on_close(int fd, fdtable::Slot& s) {
         (flags & fdtable::kJudged) != 0)
         return;
     policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
-    if (d.consecutive_failures.load(std::memory_order_relaxed) == 0) return;  // nothing to reset
+    policy::share::Entry* shared = share::entry(s.dest);
+    const bool failing = d.consecutive_failures.load(std::memory_order_relaxed) != 0;
+    const bool shared_failing =
+        shared != nullptr && shared->consecutive_failures.load(std::memory_order_relaxed) != 0;
+    if (!failing && !shared_failing) return;  // nothing to reset
     runtime::ErrnoGuard keep_errno;
     policy::ConnectionUse use;
-    if (read_use(fd, s, runtime::now_ns(), use) && policy::succeeded_at_close(use)) policy::record_success(d);
+    if (!read_use(fd, s, runtime::now_ns(), use)) return;
+    if (policy::succeeded_at_close(use)) {
+        policy::record_success(d);
+        if (shared_failing) succeed_shared(*shared);
+    } else if (shared_failing && policy::probe_succeeded(use)) {
+        // Not a success for this process's own backoff (a prober's dies with
+        // it), but for a share: the loop's next prober must not inherit a
+        // backoff from a server that has come back.
+        succeed_shared(*shared);
+    }
 }
 
 void after_fork_in_child() {

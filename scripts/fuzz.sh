@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Fuzzes tcpfix's configuration parser (every TCPFIX_* variable) for a bounded
-# time: tests/fuzz/config_fuzz.cpp, a libFuzzer target built with clang and
-# ASan + UBSan into <repo>/build-fuzz, started from the seed corpus kept in
-# the repository (tests/fuzz/corpus/config, read only) and the dictionary
-# tests/fuzz/config.dict.
+# Fuzzes, each for a bounded time, two libFuzzer targets built with clang and
+# ASan + UBSan into <repo>/build-fuzz, each started from its seed corpus kept
+# in the repository (read only):
+#   config  tcpfix's configuration parser, every TCPFIX_* variable
+#           (tests/fuzz/config_fuzz.cpp, corpus/config, config.dict)
+#   share   a share's segment as a process finds it in /dev/shm, and all
+#           that processes and `tcpfix top` do with it (share_fuzz.cpp,
+#           corpus/share)
 #
-# usage: scripts/fuzz.sh [--seconds N | --hours N] [--merge] [--standalone]
-#   --seconds N   run for N seconds (default 60: the CI budget)
-#   --hours N     a long run, by hand
+# usage: scripts/fuzz.sh [--seconds N | --hours N] [--target T] [--merge] [--standalone]
+#   --seconds N   run config for N seconds and share for N/2 (default 60:
+#                 the CI budget, 90 s in all)
+#   --hours N     a long run, by hand (both targets N hours)
+#   --target T    config, share or all (default all)
 #   --merge       afterwards, add the inputs that found new coverage to the
-#                 repository's corpus (libFuzzer -merge=1; commit them by hand)
-#   --standalone  use the plain replay-and-mutate driver instead of libFuzzer
+#                 repository's corpora (libFuzzer -merge=1; commit them by hand)
+#   --standalone  use the plain replay-and-mutate drivers instead of libFuzzer
 #                 (by hand, where clang's libFuzzer cannot be had; never
 #                 chosen silently)
 # Exit status 0 when nothing broke; 1 when an input crashed the target or
@@ -23,16 +28,18 @@ set -uo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${FUZZ_BUILD_DIR:-$REPO_DIR/build-fuzz}
-CORPUS=$REPO_DIR/tests/fuzz/corpus/config
 DICT=$REPO_DIR/tests/fuzz/config.dict
 
 seconds=60
+hours=0
+which=all
 merge=0
 standalone=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --seconds) seconds=$2; shift 2 ;;
-        --hours) seconds=$(( $2 * 3600 )); shift 2 ;;
+        --hours) seconds=$(( $2 * 3600 )); hours=1; shift 2 ;;
+        --target) which=$2; shift 2 ;;
         --merge) merge=1; shift ;;
         --standalone) standalone=1; shift ;;
         -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d'; exit 0 ;;
@@ -40,6 +47,12 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ $seconds =~ ^[0-9]+$ && $seconds -gt 0 ]] || { echo "fuzz.sh: bad duration" >&2; exit 2; }
+case $which in
+    config) targets=(config) ;;
+    share) targets=(share) ;;
+    all) targets=(config share) ;;
+    *) echo "fuzz.sh: --target must be config, share or all" >&2; exit 2 ;;
+esac
 
 have_libfuzzer() {
     command -v clang++ >/dev/null || return 1
@@ -71,71 +84,97 @@ compilers=()
 if command -v clang++ >/dev/null; then
     compilers=(-DCMAKE_CXX_COMPILER=clang++)
 fi
-target=config_fuzz
-[[ $standalone -eq 1 ]] && target=config_fuzz_standalone
+suffix=""
+[[ $standalone -eq 1 ]] && suffix=_standalone
+build_targets=()
+for t in "${targets[@]}"; do build_targets+=("${t}_fuzz$suffix"); done
 
-echo "== fuzz: building $target in $BUILD"
+echo "== fuzz: building ${build_targets[*]} in $BUILD"
 mkdir -p "$(dirname "$BUILD")"
 if ! cmake -S "$REPO_DIR/tests/fuzz" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${compilers[@]}" >"$BUILD.cmake.log" 2>&1 ||
-        ! cmake --build "$BUILD" -j"$(nproc)" --target "$target" >>"$BUILD.cmake.log" 2>&1; then
+        ! cmake --build "$BUILD" -j"$(nproc)" --target "${build_targets[@]}" >>"$BUILD.cmake.log" 2>&1; then
     tail -30 "$BUILD.cmake.log" >&2
-    echo "fuzz.sh: building $target failed (log: $BUILD.cmake.log)" >&2
+    echo "fuzz.sh: building ${build_targets[*]} failed (log: $BUILD.cmake.log)" >&2
     exit 2
 fi
-if [[ ! -x $BUILD/$target ]]; then
-    echo "fuzz.sh: $BUILD/$target was not built (no libFuzzer in this compiler? try --standalone)" >&2
-    exit 2
-fi
-
-work=$(mktemp -d /tmp/tcpfix-fuzz.XXXXXX)
-mkdir -p "$work/new"
-echo "== fuzz: $target for ${seconds} s; corpus $CORPUS ($(ls "$CORPUS" | wc -l) seeds), scratch $work"
-started=$SECONDS
-rc=0
-if [[ $standalone -eq 0 ]]; then
-    # The first corpus directory receives new inputs: the scratch one, so the
-    # repository's corpus is only read.
-    ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1} \
-    "$BUILD/config_fuzz" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=4096 \
-        -print_final_stats=1 -dict="$DICT" -artifact_prefix="$work/" "$work/new" "$CORPUS" \
-        >"$work/fuzz.log" 2>&1
-    rc=$?
-    grep -E '^#[0-9]+ +(INITED|DONE)|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' "$work/fuzz.log"
-else
-    # Rounds of 20,000 mutations with fresh seeds until the time is up.
-    seed=1
-    while (( SECONDS - started < seconds )); do
-        "$BUILD/config_fuzz_standalone" -runs=20000 -seed=$seed -dict="$DICT" "$CORPUS" >>"$work/fuzz.log" 2>&1 || {
-            rc=$?
-            break
-        }
-        seed=$((seed + 1))
-    done
-    [[ $rc -eq 0 ]] && echo "standalone: $((seed - 1)) rounds of 20,000 mutations, seeds 1..$((seed - 1))"
-fi
-
-if [[ $rc -ne 0 ]]; then
-    echo "FAIL fuzz: the target failed (exit $rc) after $((SECONDS - started)) s"
-    grep -E 'config_fuzz:|ERROR: |SUMMARY: |runtime error' "$work/fuzz.log" | head -20
-    for f in "$work"/crash-* "$work"/timeout-* "$work"/oom-* "$work"/leak-*; do
-        [[ -e $f ]] || continue
-        echo "-- input $f:"
-        od -c "$f" | head -20
-        echo "   replay: $BUILD/config_fuzz $f"
-    done
-    if [[ $standalone -eq 1 ]]; then
-        echo "   replay: $BUILD/config_fuzz_standalone -runs=20000 -seed=$seed -dict=$DICT $CORPUS"
+for t in "${build_targets[@]}"; do
+    if [[ ! -x $BUILD/$t ]]; then
+        echo "fuzz.sh: $BUILD/$t was not built (no libFuzzer in this compiler? try --standalone)" >&2
+        exit 2
     fi
-    echo "(log and inputs kept in $work)"
-    exit 1
-fi
+done
 
-if [[ $merge -eq 1 && $standalone -eq 0 ]]; then
-    echo "== fuzz: merging new coverage into $CORPUS"
-    "$BUILD/config_fuzz" -merge=1 "$CORPUS" "$work/new" >"$work/merge.log" 2>&1 ||
-        { tail -5 "$work/merge.log"; exit 1; }
-    grep -E 'MERGE-OUTER: [0-9]+ new files' "$work/merge.log"
-fi
-rm -rf "$work"
-echo "PASS fuzz: no failure in $((SECONDS - started)) s"
-exit 0
+# Runs one target; 0 when nothing broke.
+fuzz_one() {
+    local name=$1 secs=$2
+    local target=${name}_fuzz$suffix
+    local corpus=$REPO_DIR/tests/fuzz/corpus/$name
+    local work
+    work=$(mktemp -d /tmp/tcpfix-fuzz-$name.XXXXXX)
+    mkdir -p "$work/new"
+    local extra=()
+    if [[ $name == config ]]; then
+        extra=(-dict="$DICT" -max_len=4096)
+    else
+        extra=(-max_len=16384)
+    fi
+    echo "== fuzz: $target for ${secs} s; corpus $corpus ($(ls "$corpus" | wc -l) seeds), scratch $work"
+    local started=$SECONDS rc=0 seed=1
+    if [[ $standalone -eq 0 ]]; then
+        # The first corpus directory receives new inputs: the scratch one, so
+        # the repository's corpus is only read.
+        ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1} \
+        "$BUILD/$target" -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 "${extra[@]}" \
+            -print_final_stats=1 -artifact_prefix="$work/" "$work/new" "$corpus" \
+            >"$work/fuzz.log" 2>&1
+        rc=$?
+        grep -E '^#[0-9]+ +(INITED|DONE)|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' "$work/fuzz.log"
+    else
+        # Rounds of 20,000 mutations with fresh seeds until the time is up.
+        local dict=()
+        [[ $name == config ]] && dict=(-dict="$DICT")
+        while (( SECONDS - started < secs )); do
+            "$BUILD/$target" -runs=20000 -seed=$seed "${dict[@]}" "$corpus" >>"$work/fuzz.log" 2>&1 || {
+                rc=$?
+                break
+            }
+            seed=$((seed + 1))
+        done
+        [[ $rc -eq 0 ]] && echo "standalone: $((seed - 1)) rounds of 20,000 mutations, seeds 1..$((seed - 1))"
+    fi
+
+    if [[ $rc -ne 0 ]]; then
+        echo "FAIL fuzz $name: the target failed (exit $rc) after $((SECONDS - started)) s"
+        grep -E '(config|share)_fuzz:|ERROR: |SUMMARY: |runtime error' "$work/fuzz.log" | head -20
+        local f
+        for f in "$work"/crash-* "$work"/timeout-* "$work"/oom-* "$work"/leak-*; do
+            [[ -e $f ]] || continue
+            echo "-- input $f:"
+            od -c "$f" | head -20
+            echo "   replay: $BUILD/$target $f"
+        done
+        if [[ $standalone -eq 1 ]]; then
+            echo "   replay: $BUILD/$target -runs=20000 -seed=$seed ${dict[*]} $corpus"
+        fi
+        echo "(log and inputs kept in $work)"
+        return 1
+    fi
+
+    if [[ $merge -eq 1 && $standalone -eq 0 ]]; then
+        echo "== fuzz: merging new coverage into $corpus"
+        "$BUILD/$target" -merge=1 "${extra[@]}" "$corpus" "$work/new" >"$work/merge.log" 2>&1 ||
+            { tail -5 "$work/merge.log"; return 1; }
+        grep -E 'MERGE-OUTER: [0-9]+ new files' "$work/merge.log"
+    fi
+    rm -rf "$work"
+    echo "PASS fuzz $name: no failure in $((SECONDS - started)) s"
+    return 0
+}
+
+overall=0
+for t in "${targets[@]}"; do
+    secs=$seconds
+    [[ $t == share && $hours -eq 0 ]] && secs=$(( seconds / 2 > 0 ? seconds / 2 : 1 ))
+    fuzz_one "$t" "$secs" || overall=1
+done
+exit $overall

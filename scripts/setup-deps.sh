@@ -22,7 +22,8 @@ BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 # iproute2/procps/nftables/strace for the namespace tests and the demo; the
 # real programs the integration tests run under the preload (haproxy,
 # redis-server + php-redis + redis-cli, MariaDB + sysbench, PostgreSQL +
-# pgbench, the JDK 17, socat); matplotlib for ab --plot and
+# pgbench, the JDK 17, socat, php-fpm + cgi-fcgi from libfcgi-bin for the
+# shared pool); tmux to drive `tcpfix top` in a terminal; matplotlib for ab --plot and
 # the benchmark chart; man-db/groff for the manuals; dpkg-dev/file for the
 # package; prometheus for promtool's check of the .prom output; clang (BPF
 # target), bpftool and the static libbpf/libelf/zlib/zstd for `tcpfix attach`,
@@ -33,7 +34,8 @@ BUILD_DIR=${BUILD_DIR:-$REPO_DIR/build}
 # rpm, rpm2cpio and cpio (the .rpm), musl-tools (a musl program to refuse).
 DEPS_PACKAGES=(cmake make g++ libfmt-dev libcli11-dev libgtest-dev python3 python3-pytest
                  iproute2 nftables procps strace
-                 haproxy redis-server redis-tools php-cli php-redis mariadb-server mariadb-client sysbench
+                 haproxy redis-server redis-tools php-cli php-redis php-fpm libfcgi-bin
+                 mariadb-server mariadb-client sysbench tmux
                  postgresql postgresql-contrib openjdk-17-jdk-headless socat
                  python3-matplotlib valgrind man-db groff-base dpkg-dev file prometheus
                  clang libclang-rt-14-dev

@@ -342,6 +342,10 @@ std::vector<std::string> uncarried(const policy::Config& c) {
         line("TCPFIX_PORT_RANGE",
              "BPF cannot set IP_LOCAL_PORT_RANGE on a program's socket; use the "
              "net.ipv4.ip_local_port_range sysctl, or `tcpfix run`");
+    if (!c.share.empty())
+        line("TCPFIX_SHARE",
+             "a share holds the pacing of preloaded processes, and a BPF program cannot delay a "
+             "connect; `tcpfix run --share` shares it");
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include "tools/ab.hpp"
 #include "tools/command.hpp"
 #include "tools/doctor.hpp"
+#include "tools/top.hpp"
 
 #ifndef TCPFIX_VERSION
 #define TCPFIX_VERSION "0.1.0"  // keep in step with project(VERSION) in CMakeLists.txt
@@ -34,6 +35,7 @@ int tcpfix_main(int argc, char** argv) {
         add_doctor(app),
         add_ab(app),
         add_attach(app),
+        add_top(app),
     };
     try {
         app.parse(argc, argv);

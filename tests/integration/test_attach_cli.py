@@ -28,6 +28,8 @@ UNCARRIED = [
      "BPF cannot set IP_BIND_ADDRESS_NO_PORT"),
     (["--port-range", "40000-40010"], "--port-range (TCPFIX_PORT_RANGE=40000-40010)",
      "BPF cannot set IP_LOCAL_PORT_RANGE"),
+    (["--share", "pool"], "--share (TCPFIX_SHARE=pool)",
+     "a share holds the pacing of preloaded processes"),
 ]
 
 

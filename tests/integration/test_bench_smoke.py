@@ -21,7 +21,7 @@ from conftest import BUILD, PYTHON, REPO
 
 DRIVER = REPO / "bench" / "run_bench.py"
 OPS = {"close_file", "socket_close", "connect_close", "dup2_socket", "dup2_file"}
-PRELOADED = {"preload", "disable", "track", "close_rst", "all"}
+PRELOADED = {"preload", "disable", "track", "close_rst", "all", "share"}
 
 
 def is_number(x) -> bool:

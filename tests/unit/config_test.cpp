@@ -42,6 +42,7 @@ TEST(Variables, AreExactlyTheSpecNamesInSpecOrder) {
         "TCPFIX_STATS",
         "TCPFIX_TAG",
         "TCPFIX_DISABLE",
+        "TCPFIX_SHARE",
     };
     std::vector<std::string_view> names;
     for (const auto& v : variables()) names.push_back(v.name);
@@ -373,6 +374,20 @@ const std::vector<ValueCase>& value_cases() {
         bad("DISABLE", "true", "disable true"),
         bad("DISABLE", "yes", "disable yes"),
         bad("DISABLE", " 1", "disable leading space"),
+
+        // TCPFIX_SHARE: becomes part of a file name in /dev/shm
+        good("SHARE", "php-pool", "share typical"),
+        good("SHARE", "a", "share one character"),
+        good("SHARE", "Pool_2.prod-eu", "share every allowed character class"),
+        good("SHARE", "..", "share dots only (never a path: the file is tcpfix-UID-NAME.v1)"),
+        good("SHARE", std::string(64, 's'), "share 64 characters"),
+        bad("SHARE", std::string(65, 's'), "share 65 characters"),
+        bad("SHARE", "../etc", "share slash"),
+        bad("SHARE", "a/b", "share inner slash"),
+        bad("SHARE", "pool a", "share space"),
+        bad("SHARE", "pool:1", "share colon"),
+        bad("SHARE", "caf\xc3\xa9", "share non ascii"),
+        bad("SHARE", "pool\n", "share newline"),
     };
     return cases;
 }
@@ -618,11 +633,13 @@ TEST(ParseConfig, EveryVariableAtOnce) {
         {"TCPFIX_CONNECT_RETRIES", "3"},
         {"TCPFIX_CONNECT_TIMEOUT", "1.5s"},
         {"TCPFIX_CLOSE", "rst"},
+        {"TCPFIX_SHARE", "php-pool"},
     };
     auto parsed = parse_config(vars);
     ASSERT_TRUE(std::holds_alternative<Config>(parsed)) << std::get<std::string>(parsed);
     const Config& c = std::get<Config>(parsed);
     EXPECT_TRUE(c.active());
+    EXPECT_EQ(c.share, "php-pool");
     EXPECT_FALSE(c.disabled);
     EXPECT_EQ(c.close, CloseMode::Rst);
     EXPECT_EQ(c.connect_timeout_ns, 1'500'000'000);

@@ -523,6 +523,37 @@ TEST(AbandonedWithFin, PeerClosedSilentlyIsAbandonedOnceTheFinIsDiscounted) {
     EXPECT_TRUE(carried_data(u));
 }
 
+// probe_succeeded: a share counts a prober's clean close as the destination's
+// recovery; never a connection that is not up, is old, or carried anything.
+struct ProbeCase {
+    std::string why;
+    ConnectionUse use;
+    bool succeeded;
+};
+
+class ProbeJudgement : public ::testing::TestWithParam<ProbeCase> {};
+
+TEST_P(ProbeJudgement, Is) { EXPECT_EQ(probe_succeeded(GetParam().use), GetParam().succeeded); }
+
+constexpr std::int64_t kYoung = 2 * kMs;
+
+INSTANTIATE_TEST_SUITE_P(
+    ProbeTruthTable, ProbeJudgement,
+    ::testing::Values(
+        ProbeCase{"connected and closed at once", use(S::Established, kYoung, 0, 0, 0), true},
+        ProbeCase{"the server accepted and closed first", use(S::CloseWait, kYoung, 0, 0, 0), true},
+        ProbeCase{"just below the age", use(S::Established, kAbandonAgeNs - 1, 0, 0, 0), true},
+        ProbeCase{"at the age it is a connection, not a probe", use(S::Established, kAbandonAgeNs, 0, 0, 0),
+                  false},
+        ProbeCase{"the server spoke (an error before closing)", use(S::CloseWait, kYoung, 20, 0, 20), false},
+        ProbeCase{"greeting unread", use(S::Established, kYoung, 10, 0, 10), false},
+        ProbeCase{"wrote something", use(S::Established, kYoung, 0, 4, 0), false},
+        ProbeCase{"handshake not complete", use(S::SynSent, kYoung, 0, 0, 0), false},
+        ProbeCase{"reset or closed", use(S::Close, kYoung, 0, 0, 0), false},
+        ProbeCase{"we half-closed", use(S::FinWait1, kYoung, 0, 0, 0), false},
+        ProbeCase{"unknown", use(S::Unknown, kYoung, 0, 0, 0), false}),
+    [](const auto& info) { return row_name(info.index, info.param.why); });
+
 // ---------------------------------------------------------------------------
 // Destinations: 256 entries, then one shared "other".
 
