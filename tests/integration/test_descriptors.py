@@ -139,6 +139,70 @@ def test_spawned_child_keeps_its_data(ns, lib, program, preload):
     assert end in (EOF, RST)
 
 
+# -- children that ran no fork handler ---------------------------------------------------------
+#
+# A child made by vfork() or clone(CLONE_VM) shares its parent's memory, and
+# with it tcpfix's descriptor table and counters; one made by a clone or fork
+# system call has a copy of them, and tcpfix in it was never told it is a
+# child. Either way the hooks there must leave the table and the socket alone:
+# whatever the child does with A, the parent's own write and close of A must
+# come out as if the child had never touched it. Each creator is a different
+# way such a child comes to be (inline-clone calls no libc function at all).
+
+SHARING = ["vfork", "__vfork", "clone-vm"]
+COPYING = ["syscall-clone", "syscall-fork", "inline-clone"]
+CHILDREN = ([(c, m) for c in SHARING for m in ("close", "dup2", "dup-close")] +
+            [(c, m) for c in COPYING for m in ("close", "dup2", "exit")])
+
+
+def child_id(case):
+    return f"{case[0]}:{case[1]}"
+
+
+@pytest.mark.parametrize("case", CHILDREN, ids=child_id)
+def test_unannounced_child_leaves_the_parents_table(ns, lib, program, stats_dir, case):
+    """The parent's close of A still gets the policy: RST after its bytes, no
+    TIME_WAIT, counted once, in the parent. (A vfork child that dup()s and
+    closes A would otherwise take A out of the parent's table: the parent's
+    close would then be an untracked FIN; one that closes or dup2s over it
+    would count the parent's close as its own.)"""
+    creator, action = case
+    sink = ns.start_sink(program("sink_server"), PORT)
+    env = tcpfix_env(lib, close="rst", stats=str(stats_dir / "stats-%p.json"))
+    conns, pid = exercise(ns, program, "unannounced-child", "127.0.0.1", PORT, "-c", creator, "-m", action,
+                          env=env)
+    assert peer_view(sink, conns["A"]) == (6, "PARENT", RST)
+    assert settled_time_wait(ns) == []
+    st = stats_of(stats_dir, pid)
+    assert (st["closes"], st["closes_rst"], st["closes_rst_dup2"]) == (1, 1, 0), st
+
+
+@pytest.mark.parametrize("case", CHILDREN, ids=child_id)
+def test_unannounced_child_costs_the_parent_no_byte(ns, lib, program, case):
+    """Then the parent writes 8 MiB into a slow reader and closes at once:
+    every byte arrives. Had the child's close, dup2 or exit applied the
+    policy to A, it would have left SO_LINGER {1,0} on the socket (nothing
+    was in flight then), and the parent's close would cut its data short."""
+    creator, action = case
+    size = 8 * MiB
+    sink = ns.start_sink(program("sink_server"), PORT, read_delay_us=500, chunk=65536, rcvbuf=65536)
+    conns, _ = exercise(ns, program, "unannounced-child", "127.0.0.1", PORT, "-c", creator, "-m", action,
+                        "-b", size, env=tcpfix_env(lib, close="rst"), timeout=30)
+    nbytes, _, end = peer_view(sink, conns["A"], timeout=20)
+    assert nbytes == size, f"peer received {nbytes} of {size} bytes, then {end}"
+    assert end in (EOF, RST)
+
+
+@pytest.mark.parametrize("case", CHILDREN, ids=child_id)
+def test_unannounced_child_unpreloaded_baseline(ns, program, case):
+    """The same children without the library: the exerciser's checks pass and
+    the parent's bytes arrive, then FIN."""
+    creator, action = case
+    sink = ns.start_sink(program("sink_server"), PORT)
+    conns, _ = exercise(ns, program, "unannounced-child", "127.0.0.1", PORT, "-c", creator, "-m", action)
+    assert peer_view(sink, conns["A"]) == (6, "PARENT", EOF)
+
+
 def test_fork_exec_child_has_its_own_table(ns, lib, program, stats_dir):
     """fork + exec of another preloaded client: the child's own connections
     get RST; the parent's inherited one is closed gracefully; the parent's

@@ -5,7 +5,8 @@
  * PEER's view of it (bytes, FIN or RST); the exerciser checks its own side
  * (return values, errno, data through the remaining descriptors).
  *
- * usage: fd_exerciser SCENARIO [HOST PORT] [-b BYTES] [-m METHOD] [-- CMD ARGS]
+ * usage: fd_exerciser SCENARIO [HOST PORT] [-b BYTES] [-m METHOD] [-c CREATOR]
+ *                     [-- CMD ARGS]
  *
  * TCP scenarios (HOST PORT of a sink):
  *   dup-close-orig     A; D = dup(A) (or -m dup2|dup3|fcntl-dupfd|
@@ -33,6 +34,22 @@
  *                      inherits A and, 200 ms later, writes "ALIVE" (or
  *                      -b BYTES) through it; the parent closes its A at
  *                      once; the child closes the last reference.
+ *   unannounced-child  A (close-on-exec); a child made without fork
+ *                      handlers (-c CREATOR) acts on A (-m ACTION); the
+ *                      parent waits for it, then writes "PARENT" (or -b
+ *                      BYTES) through A and closes it. A child sharing the
+ *                      parent's memory then execs /bin/true; one with a copy
+ *                      of it calls exit() (tcpfix's exit handling runs).
+ *                      CREATOR, sharing: vfork, __vfork, clone-vm
+ *                      (clone(CLONE_VM|CLONE_VFORK) on a stack of its own);
+ *                      copying: syscall-clone (syscall(SYS_clone, SIGCHLD,
+ *                      0, 0, 0, 0)), syscall-fork (syscall(SYS_fork)),
+ *                      inline-clone (the clone system call from an inline
+ *                      syscall instruction on x86-64: no libc function at all).
+ *                      ACTION: close (close(A)), dup2 (a /dev/null descriptor
+ *                      dup2'ed over A, as the JDK's launcher does), dup-close
+ *                      (dup(A), then close(A)), exit (nothing on A; with a
+ *                      copying CREATOR, exit() with A open).
  *   accept-side        listens on HOST PORT, accepts one connection, writes
  *                      "HELLO" and closes it (an accepted socket).
  * Non-TCP scenarios (no HOST PORT):
@@ -56,6 +73,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -84,6 +102,7 @@ static const char *host_arg = NULL;
 static long port_arg = 0;
 static long bytes_arg = -1;
 static const char *method_arg = "dup";
+static const char *creator_arg = "vfork";
 static char **child_cmd = NULL;
 
 static void check(int ok, const char *what, const char *fmt, ...) {
@@ -416,6 +435,119 @@ static int child_write(int fd, long bytes) {
     return failures ? 1 : 0;
 }
 
+/* ---- unannounced-child ---- */
+
+extern pid_t __vfork(void);
+extern char **environ;
+
+/* The child's ACTION on A (marker: a /dev/null descriptor); 0 if it went as
+ * planned. Only calls a vfork() child may make. */
+static int child_action(const char *action, int a, int marker) {
+    if (strcmp(action, "close") == 0) return close(a) == 0 ? 0 : 3;
+    if (strcmp(action, "dup2") == 0) return dup2(marker, a) == a ? 0 : 4;
+    if (strcmp(action, "dup-close") == 0) return dup(a) >= 0 && close(a) == 0 ? 0 : 5;
+    return strcmp(action, "exit") == 0 ? 0 : 6;
+}
+
+/* A child sharing the memory ends by exec'ing /bin/true. */
+static void child_exec_true(void) {
+    char *argv[] = {(char *)"true", NULL};
+    execve("/bin/true", argv, environ);
+    _exit(127);
+}
+
+struct clone_vm_args {
+    const char *action;
+    int a, marker;
+};
+
+static int clone_vm_child(void *p) {
+    const struct clone_vm_args *args = p;
+    int rc = child_action(args->action, args->a, args->marker);
+    if (rc != 0) _exit(rc);
+    child_exec_true();
+    return 127;
+}
+
+/* vfork() or __vfork(), in a function of its own: nothing of the caller's
+ * frame is live across it. */
+__attribute__((noinline)) static pid_t vfork_acting(int use___vfork, const char *action, int a,
+                                                    int marker) {
+    pid_t pid = use___vfork ? __vfork() : vfork();
+    if (pid == 0) {
+        int rc = child_action(action, a, marker);
+        if (rc != 0) _exit(rc);
+        child_exec_true();
+    }
+    return pid;
+}
+
+/* clone(SIGCHLD) as a raw system call: the child gets a copy of this memory
+ * and runs on (its copy of) this stack, like fork(), and no libc or tcpfix
+ * code learns of it. */
+static long inline_clone(void) {
+#if defined(__x86_64__)
+    long ret;
+    register long r10 __asm__("r10") = 0;
+    register long r8 __asm__("r8") = 0;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"((long)SYS_clone), "D"((long)SIGCHLD), "S"(0L), "d"(0L), "r"(r10), "r"(r8)
+                     : "rcx", "r11", "memory");
+    return ret;
+#else
+    return syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+#endif
+}
+
+static void sc_unannounced_child(void) {
+    int a = connect_sink("A");
+    check(fcntl(a, F_SETFD, FD_CLOEXEC) == 0, "cloexec", NULL);
+    int marker = open("/dev/null", O_RDWR | O_CLOEXEC);
+    check(marker >= 0, "marker", NULL);
+    const char *action = method_arg;
+    fflush(stdout);
+    long pid;
+    if (strcmp(creator_arg, "vfork") == 0 || strcmp(creator_arg, "__vfork") == 0) {
+        pid = vfork_acting(strcmp(creator_arg, "__vfork") == 0, action, a, marker);
+    } else if (strcmp(creator_arg, "clone-vm") == 0) {
+        static char stack[256 * 1024] __attribute__((aligned(16)));
+        struct clone_vm_args args = {action, a, marker};
+        pid = clone(clone_vm_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    } else {
+        if (strcmp(creator_arg, "syscall-clone") == 0) {
+            pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+        } else if (strcmp(creator_arg, "syscall-fork") == 0) {
+#ifdef SYS_fork
+            pid = syscall(SYS_fork);
+#else
+            pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+#endif
+        } else if (strcmp(creator_arg, "inline-clone") == 0) {
+            pid = inline_clone();
+        } else {
+            fprintf(stderr, "fd_exerciser: unknown -c %s\n", creator_arg);
+            exit(64);
+        }
+        if (pid == 0) {
+            int rc = child_action(action, a, marker);
+            exit(rc);  /* exit(), not _exit(): the exit handling must leave A alone too */
+        }
+    }
+    check(pid > 0, "child", "\"creator\":\"%s\",\"pid\":%ld", creator_arg, pid);
+    int st = pid > 0 ? wait_child((pid_t)pid) : -1;
+    check(st == 0, "child_status", "\"status\":%d", st);
+    close(marker);
+    msleep(50);
+    if (bytes_arg < 0) {
+        int rc = write_all(a, "PARENT", 6);
+        check(rc == 0, "write_after_child", "\"errno\":\"%s\"", rc == 0 ? "0" : errno_name(errno));
+    } else {
+        write_payload(a, "write_after_child");
+    }
+    close_ok(a, "close_A");
+}
+
 static void sc_accept_side(void) {
     struct sockaddr_storage ss;
     socklen_t len = make_addr(&ss, host_arg, port_arg);
@@ -536,7 +668,7 @@ static void sc_tcp_unconnected(void) {
 int main(int argc, char *argv[]) {
     if (argc < 2) {
         fprintf(stderr, "usage: fd_exerciser SCENARIO [HOST PORT] [-b BYTES] [-m METHOD] "
-                        "[-- CMD ARGS]\n");
+                        "[-c CREATOR] [-- CMD ARGS]\n");
         return 64;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -561,6 +693,8 @@ int main(int argc, char *argv[]) {
             bytes_arg = strtol(argv[++i], NULL, 10);
         } else if (strcmp(argv[i], "-m") == 0 && i + 1 < argc) {
             method_arg = argv[++i];
+        } else if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            creator_arg = argv[++i];
         } else if (strcmp(argv[i], "--") == 0) {
             child_cmd = &argv[i + 1];
             break;
@@ -581,6 +715,7 @@ int main(int argc, char *argv[]) {
     else if (strcmp(scenario, "fork-child-close") == 0) sc_fork_child_close();
     else if (strcmp(scenario, "fork-parent-close") == 0) sc_fork_parent_close();
     else if (strcmp(scenario, "spawn-child-writes") == 0) sc_spawn_child_writes("/proc/self/exe");
+    else if (strcmp(scenario, "unannounced-child") == 0) sc_unannounced_child();
     else if (strcmp(scenario, "accept-side") == 0) sc_accept_side();
     else if (strcmp(scenario, "file") == 0) sc_file();
     else if (strcmp(scenario, "pipe") == 0) sc_pipe();
