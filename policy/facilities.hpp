@@ -14,6 +14,7 @@ enum class Facility {
     BindAddressNoPort,  // IP_BIND_ADDRESS_NO_PORT
     LocalPortRange,     // IP_LOCAL_PORT_RANGE
     CloseRange,         // close_range(2)
+    WipeOnFork,         // madvise(MADV_WIPEONFORK)
     OutqNsd,            // ioctl SIOCOUTQNSD
     TcpInfoBytes,       // TCP_INFO's byte counters (tcpi_bytes_received, tcpi_bytes_acked)
     UnspecConnect,      // connect(AF_UNSPEC) on a socket in SYN_SENT
@@ -27,6 +28,7 @@ struct FacilityInfo {
     std::string_view minimum;     // "4.2"
     std::string_view used_for;    // which variables need it
     std::string_view without_it;  // what tcpfix does instead, one sentence
+    bool cost_only = false;       // nothing changes but the cost: said at info level, not as a warning
 };
 
 std::span<const FacilityInfo> facilities();

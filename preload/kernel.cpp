@@ -1,5 +1,6 @@
 #include "preload/kernel.hpp"
 
+#include <sys/mman.h>
 #include <sys/syscall.h>
 
 #include <atomic>
@@ -13,6 +14,9 @@
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
 #endif
 
 namespace tcpfix::kernel {
@@ -31,8 +35,11 @@ std::atomic<int> g_close_range{kUnknown};
 void missing(policy::Facility f, const char* observed) {
     if (detail::g_lacks[static_cast<unsigned>(f)].exchange(true, std::memory_order_relaxed)) return;
     const auto& info = policy::facility_info(f);
-    log::at(policy::LogLevel::Warn, "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum,
-            observed, info.without_it);
+    // Where nothing but the cost changes, a warning on every process's stderr
+    // would alarm without cause: said at info level.
+    log::at(info.cost_only ? policy::LogLevel::Info : policy::LogLevel::Warn,
+            "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum, observed,
+            info.without_it);
 }
 
 void missing(policy::Facility f, int err) {
@@ -52,6 +59,14 @@ bool has_close_range() {
     g_close_range.store(yes ? kYes : kNo, std::memory_order_relaxed);
     if (!yes) missing(policy::Facility::CloseRange, ENOSYS);
     return yes;
+}
+
+bool wipe_on_fork(void* page, std::size_t len) {
+    long r = real::raw_syscall(SYS_madvise, reinterpret_cast<long>(page), static_cast<long>(len),
+                               MADV_WIPEONFORK);
+    if (r == 0) return true;
+    missing(policy::Facility::WipeOnFork, static_cast<int>(-r));
+    return false;
 }
 
 }  // namespace tcpfix::kernel

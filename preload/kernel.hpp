@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 
 #include "policy/facilities.hpp"
 
@@ -27,5 +28,10 @@ void missing(policy::Facility f, const char* observed);
 
 // close_range(2), probed once (a call that closes nothing).
 bool has_close_range();
+
+// Marks [page, page + len) MADV_WIPEONFORK (Linux 4.14+): zero in every child
+// that gets a copy of this memory. False, and the lack recorded, where the
+// kernel refuses it.
+bool wipe_on_fork(void* page, std::size_t len);
 
 }  // namespace tcpfix::kernel

@@ -1,5 +1,6 @@
 // syscall(): programs that bypass libc's wrappers (libuv, and so node, closes
 // with syscall(SYS_close, fd)) still go through the same hooks.
+#include <sched.h>
 #include <sys/syscall.h>
 
 #include <cstdarg>
@@ -8,6 +9,10 @@
 #include "preload/hooks.hpp"
 #include "preload/real.hpp"
 #include "preload/runtime.hpp"
+
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
 
 using namespace tcpfix;
 
@@ -30,6 +35,23 @@ bool hooked(long n) {
             return true;
         default: return false;
     }
+}
+
+// A child made by the system call itself. One sharing this memory (vfork, or
+// clone with CLONE_VM and without CLONE_THREAD) makes every hook ask getpid()
+// from now on; clone3's flags sit behind a pointer only the kernel may
+// trust, so it counts as one. A child with a copy of the memory (fork, clone
+// without CLONE_VM) needs nothing: the kernel wipes the fork marker in it.
+bool makes_child(long n) {
+#ifdef SYS_vfork  // not on every architecture (aarch64 has clone only)
+    if (n == SYS_vfork) return true;
+#endif
+    return n == SYS_clone || n == SYS_clone3;
+}
+
+void before_child(long n, const long* a) {
+    if (n == SYS_clone && (a[0] & (CLONE_VM | CLONE_THREAD)) != CLONE_VM) return;
+    runtime::shared_memory_child();
 }
 
 // The hooked system calls, or false to leave the call to libc untouched.
@@ -93,6 +115,7 @@ extern "C" __attribute__((visibility("default"))) long syscall(long n, ...) noex
     for (long& v : a) v = va_arg(ap, long);
     va_end(ap);
     long result;
+    if (__builtin_expect(makes_child(n), 0) && runtime::active()) before_child(n, a);
     // syscall(SYS_close) of an untracked descriptor (libuv closes everything
     // this way) costs one table lookup, as close() does.
     bool untracked_close = n == SYS_close && fdtable::lookup(static_cast<int>(a[0])) == 0;
