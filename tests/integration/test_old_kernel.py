@@ -218,12 +218,43 @@ def test_no_unspec_connect(make_netns, program, lib, mode):
     one_warning(r.stderr, "connect(AF_UNSPEC)", "any")
 
 
+@pytest.mark.parametrize("case", ["syscall-clone:close", "inline-clone:exit", "syscall-fork:dup2", "vfork:dup2"])
+def test_no_wipeonfork(make_netns, program, lib, case):
+    """Without MADV_WIPEONFORK a child with a copy of the memory (a raw clone
+    or fork system call, however made) is told from its parent by its process
+    ID instead: what it does with the parent's socket still leaves it alone,
+    so the parent's 8 MiB into a slow reader arrive whole after its close
+    (tests/integration/test_descriptors.py has the rest). Only the cost
+    changes, so it is said once, at info level, never as a warning."""
+    creator, action = case.split(":")
+    size = 8 * MiB
+    ns = make_netns((40000, 40199))
+    sink = ns.start_sink(program("sink_server"), PORT, read_delay_us=500, chunk=65536, rcvbuf=65536)
+    env = {"LD_PRELOAD": str(lib), "TCPFIX_CLOSE": "rst", "TCPFIX_LOG": "info"}
+    for flags in ([], ["--no-wipeonfork"]):
+        r = under(ns, program, flags, [program("fd_exerciser"), "unannounced-child", "127.0.0.1", PORT,
+                                       "-c", creator, "-m", action, "-b", size], env, timeout=30)
+        out = json_lines(r.stdout)
+        assert r.returncode == 0 and out[-1] == {"result": "ok"}, show(r)
+        port = next(o["local_port"] for o in out if o.get("conn") == "A")
+        end = sink.by_port(port, timeout=20)
+        assert end["bytes"] == size, f"peer received {end['bytes']} of {size} bytes, then {end['end']}"
+        pid = out[0]["pid"]
+        said = [l for l in r.stderr.splitlines()
+                if l.startswith(f"tcpfix[{pid}]") and "this kernel lacks MADV_WIPEONFORK" in l]
+        if flags:
+            assert len(said) == 1 and " info: " in said[0] and "(Linux 4.14+" in said[0], show(r)
+        else:
+            assert said == [], show(r)
+        assert warnings_about(r.stderr, "MADV_WIPEONFORK") == [], show(r)
+
+
 # -- everything Linux 3.10 lacks at once --------------------------------------------------------
 
 def test_kernel_3_10(make_netns, program, lib):
     """CentOS 7's kernel, as far as tcpfix is concerned: no close_range,
-    IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, getrandom or TCP_INFO byte
-    counters. The prober under rst with two source addresses and a port
+    IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, getrandom, MADV_WIPEONFORK
+    or TCP_INFO byte counters. The prober under rst with two source addresses and a port
     range, a deadline on a lost SYN, and a leaking client under the storm
     policy all behave as documented, and no warning repeats."""
     flags = ["--kernel", "3.10"]

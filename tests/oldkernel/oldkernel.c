@@ -4,7 +4,7 @@
  *
  * usage: oldkernel [--kernel X.Y] [--no-bind-address-no-port]
  *                  [--no-local-port-range] [--no-close-range]
- *                  [--no-siocoutqnsd] [--no-getrandom]
+ *                  [--no-siocoutqnsd] [--no-getrandom] [--no-wipeonfork]
  *                  [--tcp-info-len BYTES] [--no-unspec-connect] -- CMD [ARGS]
  *
  * A seccomp filter (libseccomp) installed in the child before it executes CMD
@@ -15,6 +15,7 @@
  *   close_range (5.9)                                           -> ENOSYS
  *   SIOCOUTQNSD (2.6.36)            ioctl(SIOCOUTQNSD)          -> EINVAL
  *   getrandom (3.17)                                            -> ENOSYS
+ *   MADV_WIPEONFORK (4.14)          madvise(MADV_WIPEONFORK)    -> EINVAL
  * and two that need more than an errno, through a user-space supervisor (this
  * process, SECCOMP_RET_USER_NOTIF):
  *   --tcp-info-len N   getsockopt(IPPROTO_TCP, TCP_INFO) returns only the
@@ -64,6 +65,9 @@
 #ifndef SIOCOUTQNSD
 #define SIOCOUTQNSD 0x894B
 #endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
 #ifndef __NR_close_range
 #define __NR_close_range 436
 #endif
@@ -75,7 +79,7 @@
 #endif
 
 struct options {
-    int no_port, no_range, no_close_range, no_outqnsd, no_getrandom, no_unspec;
+    int no_port, no_range, no_close_range, no_outqnsd, no_getrandom, no_unspec, no_wipeonfork;
     int tcp_info_len; /* 0: untouched */
 };
 
@@ -89,7 +93,7 @@ static void die(const char* what) {
 static void usage(void) {
     fprintf(stderr,
             "usage: oldkernel [--kernel X.Y] [--no-bind-address-no-port] [--no-local-port-range]\n"
-            "                 [--no-close-range] [--no-siocoutqnsd] [--no-getrandom]\n"
+            "                 [--no-close-range] [--no-siocoutqnsd] [--no-getrandom] [--no-wipeonfork]\n"
             "                 [--tcp-info-len BYTES] [--no-unspec-connect] -- CMD [ARGS]\n");
     exit(125);
 }
@@ -101,6 +105,7 @@ static void older_than(struct options* o, const char* version) {
     unsigned v = (major * 1000 + minor) * 1000 + patch;
     if (v < 6003000) o->no_range = 1;
     if (v < 5009000) o->no_close_range = 1;
+    if (v < 4014000) o->no_wipeonfork = 1;
     if (v < 4002000) o->no_port = 1;
     if (v < 4001000) o->tcp_info_len = 104; /* struct tcp_info up to tcpi_total_retrans */
     if (v < 3017000) o->no_getrandom = 1;
@@ -133,6 +138,8 @@ static int install_filter(const struct options* o) {
     if (o->no_outqnsd)
         rule(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, SIOCOUTQNSD));
     if (o->no_getrandom) rule(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(getrandom), 0);
+    if (o->no_wipeonfork)
+        rule(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(madvise), 1, SCMP_A2(SCMP_CMP_EQ, MADV_WIPEONFORK));
     int notify = o->tcp_info_len > 0 || o->no_unspec;
     if (o->tcp_info_len > 0)
         rule(ctx, SCMP_ACT_NOTIFY, SCMP_SYS(getsockopt), 2, SCMP_A1(SCMP_CMP_EQ, IPPROTO_TCP),
@@ -275,6 +282,8 @@ int main(int argc, char** argv) {
             o.no_outqnsd = 1;
         } else if (strcmp(a, "--no-getrandom") == 0) {
             o.no_getrandom = 1;
+        } else if (strcmp(a, "--no-wipeonfork") == 0) {
+            o.no_wipeonfork = 1;
         } else if (strcmp(a, "--no-unspec-connect") == 0) {
             o.no_unspec = 1;
         } else if (strcmp(a, "--tcp-info-len") == 0 && i + 1 < argc) {
