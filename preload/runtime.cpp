@@ -200,7 +200,9 @@ __attribute__((constructor(101))) void initialise() {
 // Runs in exit() after the application's atexit handlers and static
 // destructors (glibc calls the shared objects' destructors last).
 __attribute__((destructor)) void finish() {
-    if (!active()) return;
+    // A child that ran no fork handler holds its parent's counters and share
+    // slot (a copy, or the very memory): they are the parent's to write out.
+    if (!active() || in_unannounced_child()) return;
     hooks::close_open_at_exit();
     storm::summarise();
     stats_file::write_now();

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import PYTHON, tcpfix_env
 from helpers import MiB, json_lines, settled_time_wait, show, stats_of
+from share_env import share_name  # noqa: F401
 
 PORT = 5432
 FD_RANGE = (40000, 40199)  # wide: ports are not reused between connections of one test
@@ -201,6 +202,43 @@ def test_unannounced_child_unpreloaded_baseline(ns, program, case):
     sink = ns.start_sink(program("sink_server"), PORT)
     conns, _ = exercise(ns, program, "unannounced-child", "127.0.0.1", PORT, "-c", creator, "-m", action)
     assert peer_view(sink, conns["A"]) == (6, "PARENT", EOF)
+
+
+RAW_CHILD_EXITS = r"""
+import ctypes, json, os, platform, socket, subprocess, sys
+port, cli, share, stats = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+s = socket.create_connection(("127.0.0.1", port))
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_clone = {"x86_64": 56, "aarch64": 220}[platform.machine()]
+pid = libc.syscall(SYS_clone, 17, 0, 0, 0, 0)  # SIGCHLD: a copy of this memory, no fork handler
+if pid == 0:
+    sys.exit(0)  # exit(): tcpfix's destructor runs in the child
+os.waitpid(pid, 0)
+env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("TCPFIX_")}
+top = subprocess.run([cli, "top", share, "--once", "--json"], capture_output=True, text=True, env=env,
+                     check=True)
+print(json.dumps({"pid": os.getpid(), "child": pid, "attached": json.loads(top.stdout)["pids"],
+                  "stats_written": os.path.exists(stats.replace("%p", str(os.getpid())))}))
+s.close()
+"""
+
+
+def test_unannounced_child_exit_leaves_the_parents_share_and_stats(ns, lib, cli, program, share_name,
+                                                                   stats_dir):
+    """A child of a clone system call that exit()s runs tcpfix's destructor
+    in a copy of its parent's memory: the parent's counters, its PID as
+    runtime::pid(), its process slot in the share. It must write and release
+    none of them: while the parent still runs, the share counts it attached
+    and no stats file bears its PID yet."""
+    sink = ns.start_sink(program("sink_server"), PORT)
+    stats = str(stats_dir / "stats-%p.json")
+    env = tcpfix_env(lib, share=share_name, connect_rate="1000/s", stats=stats)
+    r = ns.run([PYTHON, "-c", RAW_CHILD_EXITS, str(PORT), str(cli), share_name, stats], env=env, timeout=30)
+    assert r.returncode == 0, show(r)
+    (seen,) = json_lines(r.stdout)
+    assert seen["child"] > 0 and seen["attached"] == [seen["pid"]], seen
+    assert not seen["stats_written"], seen
+    assert sink.wait_ends(1)
 
 
 def test_fork_exec_child_has_its_own_table(ns, lib, program, stats_dir):
