@@ -148,7 +148,12 @@ def test_spawned_child_keeps_its_data(ns, lib, program, preload):
 # child. Either way the hooks there must leave the table and the socket alone:
 # whatever the child does with A, the parent's own write and close of A must
 # come out as if the child had never touched it. Each creator is a different
-# way such a child comes to be (inline-clone calls no libc function at all).
+# way such a child comes to be, and each relies on one way tcpfix tells it
+# (runtime::in_unannounced_child): vfork, __vfork and clone-vm on tcpfix's
+# vfork()/clone() hooks; syscall-clone, syscall-fork and inline-clone (which
+# calls no libc function at all) on the MADV_WIPEONFORK page the kernel zeroed
+# in the child. test_old_kernel.py repeats some without MADV_WIPEONFORK, where
+# getpid() tells.
 
 SHARING = ["vfork", "__vfork", "clone-vm"]
 COPYING = ["syscall-clone", "syscall-fork", "inline-clone"]
