@@ -44,7 +44,7 @@ int close_taken(int fd, std::uint32_t index) {
         CloseApplied applied = apply_close_policy(fd, index, hold::Origin::Close);
         fdtable::wait_not_busy(index);
         fdtable::release(index);
-        int r = runtime::call_errno(real::close.get(), fd);
+        int r = runtime::call_direct(real::close.get(), fd);
         // Linux releases the descriptor even when close() reports an error.
         if (applied.held >= 0) hold::publish(applied.held);
         stats_file::maybe_refresh();
@@ -111,7 +111,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
     fdtable::Slot& s = fdtable::slot(index);
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
     if ((flags & fdtable::kDeadlineArmed) != 0) connect_policy::disarm(index, s);
-    storm::on_close(fd, s);
+    storm::on_close(fd, s, config);
     policy::bump(counters.closes);
     CloseApplied applied;
     // Never connected by this process (a listener, a socket closed before its
@@ -123,7 +123,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
         // so decided before anything is gathered.
         if (log::enabled(policy::LogLevel::Debug))
             log::at(policy::LogLevel::Debug, "{} {} to {}: normal close (another descriptor still refers to it)",
-                    origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest);
+                    origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest());
         return applied;
     }
 
@@ -138,7 +138,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
         switch (d.action) {
             case CloseAction::Passthrough:
                 if (book.connect_called)
-                    log::at(policy::LogLevel::Debug, "{} {} to {}: normal close ({})", how, fd, s.dest, d.reason);
+                    log::at(policy::LogLevel::Debug, "{} {} to {}: normal close ({})", how, fd, s.dest(), d.reason);
                 return applied;
             case CloseAction::Probe:
                 if (!probe_socket(fd, probe)) return applied;
@@ -170,7 +170,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
                     policy::bump(counters.closes_rst_after_wait);
                     policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                 }
-                log::at(policy::LogLevel::Debug, "{} {} to {}: RST ({}; waited {} us)", how, fd, s.dest, d.reason,
+                log::at(policy::LogLevel::Debug, "{} {} to {}: RST ({}; waited {} us)", how, fd, s.dest(), d.reason,
                         waited / 1000);
                 return applied;
             }
@@ -180,11 +180,11 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
                 log::at(policy::LogLevel::Info,
                         "{} {} to {}: graceful, not RST: {} ({} bytes unsent, {} unacknowledged, "
                         "waited {} us)",
-                        how, fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                        how, fd, s.dest(), d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
                 return applied;
             case CloseAction::GracefulShared:
                 policy::bump(counters.closes_graceful_shared);
-                log::at(policy::LogLevel::Debug, "{} {} to {}: graceful, not RST: {}", how, fd, s.dest, d.reason);
+                log::at(policy::LogLevel::Debug, "{} {} to {}: graceful, not RST: {}", how, fd, s.dest(), d.reason);
                 return applied;
         }
     }

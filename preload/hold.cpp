@@ -172,7 +172,7 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
         int copy = call_errno(real::fcntl.get(), fd, F_DUPFD_CLOEXEC, floor);
         if (copy < 0) {
             log::at(policy::LogLevel::Debug, "close fd {} to {}: no descriptor to hold it ({}); deciding now", fd,
-                    s.dest, policy::errno_name(-copy));
+                    s.dest(), policy::errno_name(-copy));
             free_place(p, word);
             return -1;
         }
@@ -180,13 +180,13 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
         p.held_ns = runtime::now_ns();
         p.step_ns = kFirstLookNs;
         p.origin = origin;
-        p.dest = s.dest;
+        p.dest = s.dest();
         p.fd.store(copy, std::memory_order_relaxed);
         int high = g_high_water.load(std::memory_order_relaxed);
         while (high <= i && !g_high_water.compare_exchange_weak(high, i + 1, std::memory_order_acq_rel)) {
         }
         log::at(policy::LogLevel::Debug, "close fd {} to {}: {} bytes not yet acknowledged; held as fd {}", fd,
-                s.dest, probe.unacked_bytes, copy);
+                s.dest(), probe.unacked_bytes, copy);
         return i;
     }
     g_held.fetch_sub(1, std::memory_order_acq_rel);  // cannot happen: held < max <= kPlaces

@@ -28,12 +28,14 @@ namespace tcpfix::runtime {
 
 namespace detail {
 std::atomic<bool> g_active{false};
+const policy::Config* g_config = nullptr;
+policy::Counters g_counters;
 }
 
 namespace {
 
-const policy::Config* g_config = nullptr;
-policy::Counters g_counters;
+using detail::g_config;
+using detail::g_counters;
 std::atomic<long> g_pid{0};
 
 // Variables whose behaviour this version does not carry out yet: accepted
@@ -59,10 +61,6 @@ void child_after_fork() {
 }
 
 }  // namespace
-
-const policy::Config& config() { return *g_config; }
-
-policy::Counters& counters() { return g_counters; }
 
 long pid() {
     long p = g_pid.load(std::memory_order_relaxed);

@@ -14,6 +14,8 @@ namespace tcpfix::runtime {
 
 namespace detail {
 extern std::atomic<bool> g_active;
+extern const policy::Config* g_config;
+extern policy::Counters g_counters;
 }
 
 // True once the constructor has parsed a configuration that asks for
@@ -21,9 +23,9 @@ extern std::atomic<bool> g_active;
 inline bool active() { return detail::g_active.load(std::memory_order_relaxed); }
 
 // The configuration; only valid when active().
-const policy::Config& config();
+inline const policy::Config& config() { return *detail::g_config; }
 
-policy::Counters& counters();
+inline policy::Counters& counters() { return detail::g_counters; }
 
 // The process ID, refreshed after fork.
 long pid();
@@ -72,6 +74,15 @@ int call_errno(Fn* fn, Args... args) {
     if (r < 0) r = -errno;
     errno = saved;
     return r;
+}
+
+// Calls a libc function whose result goes straight back to the application:
+// its result, or -errno on failure (errno then set as the application will
+// see it anyway).
+template <typename Fn, typename... Args>
+inline int call_direct(Fn* fn, Args... args) {
+    int r = fn(args...);
+    return r < 0 ? -errno : r;
 }
 
 }  // namespace tcpfix::runtime
