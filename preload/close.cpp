@@ -69,7 +69,8 @@ bool probe_socket(int fd, policy::SocketProbe& probe) {
     }
     probe.state = static_cast<policy::TcpState>(info.tcpi_state);
     probe.srtt_us = info.tcpi_rtt;
-    probe.unacked_bytes = static_cast<std::uint32_t>(std::max(unacked, 0));
+    probe.unacked = static_cast<std::uint32_t>(std::max(unacked, 0));
+    probe.unacked_in = policy::Unacked::Bytes;
     probe.unsent_bytes = static_cast<std::uint32_t>(std::max(unsent, 0));
     return true;
 }
@@ -178,9 +179,10 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
                 policy::bump(counters.closes_graceful_unsent);
                 policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                 log::at(policy::LogLevel::Info,
-                        "{} {} to {}: graceful, not RST: {} ({} bytes unsent, {} unacknowledged, "
+                        "{} {} to {}: graceful, not RST: {} ({} bytes unsent, {} {} unacknowledged, "
                         "waited {} us)",
-                        how, fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                        how, fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked, policy::unacked_unit(probe),
+                        waited / 1000);
                 return applied;
             case CloseAction::GracefulShared:
                 policy::bump(counters.closes_graceful_shared);

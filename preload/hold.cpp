@@ -124,8 +124,8 @@ void decide(Place& p, std::uint32_t word, std::int64_t now, std::int64_t forced_
             policy::bump(counters.closes_graceful_unsent);
             policy::bump(counters.held_wait_us, static_cast<std::uint64_t>(waited / 1000));
             log::at(policy::LogLevel::Info,
-                    "held socket to {}: graceful, not RST: {} ({} bytes unacknowledged {} us after the close)",
-                    p.dest, d.reason, probe.unacked_bytes, waited / 1000);
+                    "held socket to {}: graceful, not RST: {} ({} {} unacknowledged {} us after the close)",
+                    p.dest, d.reason, probe.unacked, policy::unacked_unit(probe), waited / 1000);
             break;
         default:
             if (probe.state == policy::TcpState::CloseWait || probe.state == policy::TcpState::LastAck)
@@ -185,8 +185,8 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
         int high = g_high_water.load(std::memory_order_relaxed);
         while (high <= i && !g_high_water.compare_exchange_weak(high, i + 1, std::memory_order_acq_rel)) {
         }
-        log::at(policy::LogLevel::Debug, "close fd {} to {}: {} bytes not yet acknowledged; held as fd {}", fd,
-                s.dest, probe.unacked_bytes, copy);
+        log::at(policy::LogLevel::Debug, "close fd {} to {}: {} {} not yet acknowledged; held as fd {}", fd,
+                s.dest, probe.unacked, policy::unacked_unit(probe), copy);
         return i;
     }
     g_held.fetch_sub(1, std::memory_order_acq_rel);  // cannot happen: held < max <= kPlaces
