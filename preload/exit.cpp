@@ -88,9 +88,10 @@ bool decide_at_exit(int fd, std::uint32_t index, std::uint32_t generation, std::
                     policy::bump(counters.closes_graceful_unsent);
                     policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                     log::at(policy::LogLevel::Info,
-                            "exit with fd {} to {} open: graceful, not RST: {} ({} bytes unsent, {} "
+                            "exit with fd {} to {} open: graceful, not RST: {} ({} bytes unsent, {} {} "
                             "unacknowledged, waited {} us)",
-                            fd, s.dest(), d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                            fd, s.dest(), d.reason, probe.unsent_bytes, probe.unacked, policy::unacked_unit(probe),
+                            waited / 1000);
                     break;
                 default:
                     log::at(policy::LogLevel::Debug, "exit with fd {} to {} open: normal close ({})", fd, s.dest(),

@@ -31,8 +31,8 @@ std::atomic<int> g_close_range{kUnknown};
 void missing(policy::Facility f, const char* observed) {
     if (detail::g_lacks[static_cast<unsigned>(f)].exchange(true, std::memory_order_relaxed)) return;
     const auto& info = policy::facility_info(f);
-    log::at(policy::LogLevel::Warn, "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum,
-            observed, info.without_it);
+    log::at(info.cost_only ? policy::LogLevel::Info : policy::LogLevel::Warn,
+            "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum, observed, info.without_it);
 }
 
 void missing(policy::Facility f, int err) {
