@@ -42,7 +42,13 @@ int close_taken(int fd, std::uint32_t index) {
     if (index == fdtable::kOwned) {
         forget_owned(fd);
     } else if (index != 0) {
-        CloseApplied applied = apply_close_policy(fd, index, hold::Origin::Close);
+        const policy::Config& config = runtime::config();
+        CloseApplied applied;
+        if (config.close == policy::CloseMode::Keep && !config.reconnect_backoff &&
+            (fdtable::slot(index).flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0)
+            policy::bump(runtime::counters().closes);  // nothing to decide: what apply_close_policy would do
+        else
+            applied = apply_close_policy(fd, index, hold::Origin::Close);
         fdtable::wait_not_busy(index);
         fdtable::release(index);
         int r = runtime::call_direct(real::close.get(), fd);

@@ -161,7 +161,8 @@ std::uint32_t track_new(int fd, int domain) {
     s.flags.store(domain == AF_INET6 ? kInet6 : 0u, std::memory_order_relaxed);
     s.fork_epoch = fork_epoch();
     s.spawn_epoch = spawn_epoch();
-    s.generation.fetch_add(1, std::memory_order_relaxed);
+    // Only the thread that allocated the slot writes it: no locked add needed.
+    s.generation.store(s.generation.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     s.dest_family = 0;
     s.connect_start_ns.store(0, std::memory_order_relaxed);
     s.aux.store(0, std::memory_order_relaxed);
