@@ -108,7 +108,11 @@ OPS = {
 }
 
 TARGET_CLOSE_INSTR = 20      # added instructions per non-socket close()
-TARGET_CONNECT_WALL = 0.02   # added wall time on the connect loop
+TARGET_CONNECT_WALL = 0.01   # added CPU time on the connect loop, every configuration
+TARGET_TRACK_INSTR = 300     # added instructions per socket+connect+close under track
+TARGET_TRACKED_OP = 0.10     # added CPU time of dup2()/close() on a tracked socket
+TARGET_SOCKET_BYTES = 64     # added memory per tracked socket
+TARGET_RST_VS_RAW = 0.97     # TCPFIX_CLOSE=rst's short-connection rate against the raw rate
 
 DEADLINE_ENV = {"TCPFIX_CONNECT_TIMEOUT": "20ms", "TCPFIX_CONNECT_RETRIES": "3"}
 STORM_ENV = {"TCPFIX_REAP_CLOSE_WAIT": "1s", "TCPFIX_RECONNECT_BACKOFF": "10ms:1s"}
@@ -842,6 +846,32 @@ def targets(report: dict) -> list[dict]:
                 if ghz:
                     entry["estimate_from_instructions"] = rnd(added / ghz / base_ns, 4)
         out.append(entry)
+    track_instr = cg.get("connect_close", {}).get("track", {}).get("added_instructions")
+    out.append({"name": "added instructions per socket+connect+close", "config": "track",
+                "limit": f"<= {TARGET_TRACK_INSTR}", "value": rnd(track_instr, 1),
+                "met": None if track_instr is None else track_instr <= TARGET_TRACK_INSTR})
+    for op, what in (("dup2_socket", "dup2() over a tracked socket"), ("socket_close", "socket()+close(), tracked")):
+        for cfg in ("track", "close_rst"):
+            t = {"name": f"added time, {what}", "config": cfg, "limit": f"<= {TARGET_TRACKED_OP:.0%}",
+                 "value": None, "met": None}
+            if hooks:
+                cpu = hooks["paired"]["ops"][op][cfg]["cpu"]
+                value = cpu["ratio_to_direct"]["median"] - 1
+                t.update({"value": rnd(value, 4), "met": value <= TARGET_TRACKED_OP,
+                          "paired_ratio_median_ci90": rnd(cpu["ratio_median_ci90"], 4)})
+            out.append(t)
+    mem = report.get("memory", {}).get("track", {}).get("anon_kb", {}).get("added_bytes_per_socket")
+    if mem is not None and mem["median"] is None:
+        mem = None
+    out.append({"name": "memory per tracked socket, bytes", "config": "track",
+                "limit": f"<= {TARGET_SOCKET_BYTES}", "value": None if mem is None else rnd(mem["median"], 1),
+                "met": None if mem is None else mem["median"] <= TARGET_SOCKET_BYTES})
+    rate = report.get("policies", {}).get("short_connections", {}).get("ratios", {}).get("close_rst_vs_raw")
+    if rate is not None and rate["median"] is None:
+        rate = None
+    out.append({"name": "short-connection rate under rst, times the raw rate", "config": "close_rst",
+                "limit": f">= {TARGET_RST_VS_RAW}", "value": None if rate is None else rnd(rate["median"], 3),
+                "met": None if rate is None else rate["median"] >= TARGET_RST_VS_RAW})
     return out
 
 
@@ -1107,7 +1137,7 @@ def summary_md(report: dict) -> str:
             extra = (f" — paired CPU time, median of {c['n']} pairs (min … max {c['min'] - 1:+.1%} … "
                      f"{c['max'] - 1:+.1%}"
                      + (f"; 90 % CI of the median {ci[0] - 1:+.1%} … {ci[1] - 1:+.1%}"
-                        f"{'' if t['clear'] else ', so within the noise of the 2 % line'}" if ci else "")
+                        f"{'' if t['clear'] else f', so within the noise of the {TARGET_CONNECT_WALL:.0%} line'}" if ci else "")
                      + f"); its A/A control {t['paired_a_a_control_cpu_ratio']['median'] - 1:+.1%}; "
                      f"process vs process: CPU {t['process_cpu_ratio']['median'] - 1:+.1%} "
                      f"(A/A {t['process_a_a_control_cpu_ratio']['median'] - 1:+.1%}), wall "
@@ -1116,7 +1146,8 @@ def summary_md(report: dict) -> str:
                      + (f" ≈ {t['estimate_from_instructions']:+.1%} at one instruction per cycle"
                         if "estimate_from_instructions" in t else ""))
         value = t["value"]
-        shown = "–" if value is None else (f"{value:+.1%}" if "time" in t["name"] else f"{value:.1f}")
+        shown = "–" if value is None else (f"{value:+.1%}" if "time" in t["name"] else
+                                           f"{value:.2f}" if "times" in t["name"] else f"{value:.1f}")
         lines.append(f"- {t['name']}, {t['config']}: {shown} (target {t['limit']}): **{verdict}**{extra}")
     lines.append("")
     pol = report.get("policies", {})

@@ -24,6 +24,15 @@ int held_fd_floor(std::uint64_t fd_limit, int max_held) {
     return static_cast<int>(std::min<std::uint64_t>(fd_limit - static_cast<std::uint64_t>(max_held), INT32_MAX));
 }
 
+const char* unacked_unit(const SocketProbe& probe) {
+    return probe.unacked_in == Unacked::Bytes ? "bytes" : "segments";
+}
+
+bool needs_unacked_bytes(const SocketProbe& probe) {
+    return probe.unacked_in == Unacked::Segments && probe.state == TcpState::FinWait1 &&
+           probe.unsent_bytes == 0 && probe.unacked > 0;
+}
+
 CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const SocketProbe* probe,
                            std::int64_t waited_ns, WaitBudget budget) {
     if (mode == CloseMode::Keep) return {CloseAction::Passthrough, "policy keep"};
@@ -38,13 +47,15 @@ CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const 
         return {CloseAction::GracefulShared, "inherited across fork: another process may use it"};
     if (probe == nullptr) return {CloseAction::Probe, "need the socket's state"};
 
-    std::uint32_t unacked_data = probe->unacked_bytes;
+    std::uint32_t unacked_data = probe->unacked;
     switch (probe->state) {
         case TcpState::Established:
             break;
         case TcpState::FinWait1:
-            // Half-closed by the application; SIOCOUTQ counts the FIN's sequence number.
-            if (unacked_data > 0) --unacked_data;
+            // Half-closed by the application; SIOCOUTQ counts the FIN's
+            // sequence number. A segment count cannot tell a lone FIN from
+            // data with it (needs_unacked_bytes): it counts as data.
+            if (probe->unacked_in == Unacked::Bytes && unacked_data > 0) --unacked_data;
             break;
         case TcpState::FinWait2:
             break;

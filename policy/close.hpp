@@ -38,13 +38,41 @@ struct SocketBookkeeping {
     bool app_set_linger = false;  // the application chose its own SO_LINGER
 };
 
-// What the kernel says at close time (TCP_INFO, SIOCOUTQ, SIOCOUTQNSD).
+// How SocketProbe::unacked counts.
+enum class Unacked : std::uint8_t {
+    // SIOCOUTQ (write_seq - snd_una): every byte not yet acknowledged, the
+    // unsent ones included, +1 for a FIN sent or queued.
+    Bytes,
+    // TCP_INFO's tcpi_unacked (the kernel's packets_out): segments sent and
+    // not yet acknowledged; zero exactly when snd_una == snd_nxt. A FIN sent
+    // is one of them, alone or riding on the last data segment: the count
+    // cannot say which.
+    Segments,
+};
+
+// What the kernel says at close time: one getsockopt(TCP_INFO) where its
+// fields answer (Linux 4.6+), else TCP_INFO and the ioctls SIOCOUTQ and
+// SIOCOUTQNSD. The counts matter in ESTABLISHED, FIN_WAIT1 and FIN_WAIT2
+// only; every other state is decided by the state alone.
 struct SocketProbe {
     TcpState state = TcpState::Unknown;
-    std::uint32_t unacked_bytes = 0;  // SIOCOUTQ: not yet acknowledged, sent or not (+1 for a FIN)
-    std::uint32_t unsent_bytes = 0;   // SIOCOUTQNSD: not yet sent
-    std::uint32_t srtt_us = 0;        // smoothed RTT
+    // Not yet sent, +1 for a FIN queued behind them (write_seq - snd_nxt):
+    // tcpi_notsent_bytes, or SIOCOUTQNSD, which answer the same.
+    std::uint32_t unsent_bytes = 0;
+    std::uint32_t unacked = 0;  // not yet acknowledged, counted as `unacked_in` says
+    Unacked unacked_in = Unacked::Bytes;
+    std::uint32_t srtt_us = 0;  // smoothed RTT
 };
+
+// "bytes" or "segments", for log lines that print SocketProbe::unacked.
+const char* unacked_unit(const SocketProbe& probe);
+
+// True when a TCP_INFO probe cannot tell whether an RST would lose data: the
+// application half-closed (FIN_WAIT1), everything is sent, and segments are
+// unacknowledged — the FIN alone, or data with it. The hook then asks
+// SIOCOUTQ for the byte count (unacked_in = Bytes), whose FIN is exactly 1.
+// Without that, decide_close() counts such a segment as data.
+bool needs_unacked_bytes(const SocketProbe& probe);
 
 enum class CloseAction : std::uint8_t {
     Passthrough,     // close as the application asked; nothing to count

@@ -23,6 +23,10 @@ constexpr FacilityInfo kFacilities[] = {
      "every byte still in the send queue (SIOCOUTQ) is treated as possibly unsent: the close "
      "waits for all of it to be acknowledged, as for a final message, and is graceful if it is "
      "not within the wait; nothing is ever cut off"},
+    {Facility::TcpInfoNotsent, "TCP_INFO tcpi_notsent_bytes", "4.6+", "TCPFIX_CLOSE=rst",
+     "each close decision asks the ioctls SIOCOUTQ and SIOCOUTQNSD besides TCP_INFO (three "
+     "system calls instead of one) and decides the same",
+     true},
     {Facility::TcpInfoBytes, "TCP_INFO byte counters", "4.1+",
      "TCPFIX_RECONNECT_BACKOFF (abandoned connections)",
      "a connection counts as abandoned only when the peer closed it and its data sits unread "

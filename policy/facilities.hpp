@@ -16,6 +16,7 @@ enum class Facility {
     CloseRange,         // close_range(2)
     WipeOnFork,         // madvise(MADV_WIPEONFORK)
     OutqNsd,            // ioctl SIOCOUTQNSD
+    TcpInfoNotsent,     // TCP_INFO's tcpi_notsent_bytes (and a length that says so)
     TcpInfoBytes,       // TCP_INFO's byte counters (tcpi_bytes_received, tcpi_bytes_acked)
     UnspecConnect,      // connect(AF_UNSPEC) on a socket in SYN_SENT
     Getrandom,          // getrandom(2)
@@ -28,7 +29,10 @@ struct FacilityInfo {
     std::string_view minimum;     // "4.2"
     std::string_view used_for;    // which variables need it
     std::string_view without_it;  // what tcpfix does instead, one sentence
-    bool cost_only = false;       // nothing changes but the cost: said at info level, not as a warning
+    // Without it tcpfix does the same, only with more system calls: said once
+    // at info level, not as a warning (nothing to act on, and a warning is a
+    // new line on the stderr of every program on such a kernel).
+    bool cost_only = false;
 };
 
 std::span<const FacilityInfo> facilities();

@@ -138,8 +138,7 @@ bool MatchRule::matches(const Endpoint& ep) const {
     return prefix.family == ep.addr.family && prefix_equal(prefix, ep.addr, prefix_len);
 }
 
-bool Matcher::matches(const Endpoint& ep) const {
-    if (rules_.empty()) return true;
+bool Matcher::matches_a_rule(const Endpoint& ep) const {
     for (const auto& r : rules_)
         if (r.matches(ep)) return true;
     return false;

@@ -62,11 +62,13 @@ public:
     explicit Matcher(std::vector<MatchRule> rules) : rules_(std::move(rules)) {}
 
     // True when the destination gets the policies.
-    bool matches(const Endpoint& ep) const;
+    bool matches(const Endpoint& ep) const { return rules_.empty() || matches_a_rule(ep); }
     bool matches_everything() const { return rules_.empty(); }
     const std::vector<MatchRule>& rules() const { return rules_; }
 
 private:
+    bool matches_a_rule(const Endpoint& ep) const;
+
     std::vector<MatchRule> rules_;
 };
 

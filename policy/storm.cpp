@@ -5,21 +5,48 @@
 
 namespace tcpfix::policy {
 
+namespace {
+
+// Two 64-bit multiplies over the address, port and family: the top byte
+// picks the bucket.
+std::size_t bucket_of(const Endpoint& ep, std::size_t buckets) {
+    std::uint64_t lo, hi;
+    __builtin_memcpy(&lo, ep.addr.bytes.data(), 8);
+    __builtin_memcpy(&hi, ep.addr.bytes.data() + 8, 8);
+    std::uint64_t h = (lo ^ (std::uint64_t{ep.port} << 48 | static_cast<std::uint64_t>(ep.addr.family))) *
+                      0x9e3779b97f4a7c15ull;
+    h = (h ^ hi ^ (h >> 29)) * 0xbf58476d1ce4e5b9ull;
+    return static_cast<std::size_t>(h >> 56) % buckets;
+}
+
+bool same(const Endpoint& a, const Endpoint& b) {
+    std::uint64_t a0, a1, b0, b1;
+    __builtin_memcpy(&a0, a.addr.bytes.data(), 8);
+    __builtin_memcpy(&a1, a.addr.bytes.data() + 8, 8);
+    __builtin_memcpy(&b0, b.addr.bytes.data(), 8);
+    __builtin_memcpy(&b1, b.addr.bytes.data() + 8, 8);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0 && a.port == b.port && a.addr.family == b.addr.family;
+}
+
+}  // namespace
+
 DestinationState& Destinations::get(const Endpoint& ep) {
-    std::size_t h = std::hash<std::uint16_t>()(ep.port);
-    for (auto b : ep.addr.bytes) h = h * 131 + b;
+    static_assert((kSize & (kSize - 1)) == 0 && kSize <= 256);
+    const std::size_t h = bucket_of(ep, kSize);
     for (int probe = 0; probe < kSize; ++probe) {
         Entry& e = entries_[(h + static_cast<std::size_t>(probe)) % kSize];
         int ready = e.ready.load(std::memory_order_acquire);
-        if (ready == 0) {
-            if (e.ready.compare_exchange_strong(ready, 1, std::memory_order_acq_rel)) {
-                e.key = ep;
-                e.ready.store(2, std::memory_order_release);
-                return e.state;
-            }
+        if (ready == 2) {
+            if (same(e.key, ep)) return e.state;
+            continue;
+        }
+        if (ready == 0 && e.ready.compare_exchange_strong(ready, 1, std::memory_order_acq_rel)) {
+            e.key = ep;
+            e.ready.store(2, std::memory_order_release);
+            return e.state;
         }
         while (ready == 1) ready = e.ready.load(std::memory_order_acquire);  // being filled: a few stores
-        if (e.key == ep) return e.state;
+        if (same(e.key, ep)) return e.state;
     }
     return other_;
 }

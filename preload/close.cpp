@@ -5,14 +5,15 @@
 // costs one table lookup. Nothing here allocates or locks.
 #include <linux/close_range.h>
 #include <linux/sockios.h>
+#include <linux/tcp.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 
 #include <fcntl.h>
 
 #include <algorithm>
+#include <cstddef>
 
 #include "policy/close.hpp"
 #include "preload/connect_policy.hpp"
@@ -41,10 +42,16 @@ int close_taken(int fd, std::uint32_t index) {
     if (index == fdtable::kOwned) {
         forget_owned(fd);
     } else if (index != 0) {
-        CloseApplied applied = apply_close_policy(fd, index, hold::Origin::Close);
+        const policy::Config& config = runtime::config();
+        CloseApplied applied;
+        if (config.close == policy::CloseMode::Keep && !config.reconnect_backoff &&
+            (fdtable::slot(index).flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0)
+            policy::bump(runtime::counters().closes);  // nothing to decide: what apply_close_policy would do
+        else
+            applied = apply_close_policy(fd, index, hold::Origin::Close);
         fdtable::wait_not_busy(index);
         fdtable::release(index);
-        int r = runtime::call_errno(real::close.get(), fd);
+        int r = runtime::call_direct(real::close.get(), fd);
         // Linux releases the descriptor even when close() reports an error.
         if (applied.held >= 0) hold::publish(applied.held);
         stats_file::maybe_refresh();
@@ -55,21 +62,49 @@ int close_taken(int fd, std::uint32_t index) {
 
 }  // namespace
 
+namespace {
+
+// TCP_INFO up to tcpi_notsent_bytes (Linux 4.6+): all the close decision reads.
+constexpr socklen_t kTcpInfoNotsentLen =
+    offsetof(tcp_info, tcpi_notsent_bytes) + sizeof(tcp_info::tcpi_notsent_bytes);
+
+// SIOCOUTQ: bytes not yet acknowledged, unsent ones and a FIN included.
+bool ask_outq(int fd, policy::SocketProbe& probe) {
+    int unacked = 0;
+    if (ioctl(fd, SIOCOUTQ, &unacked) != 0) return false;
+    probe.unacked = static_cast<std::uint32_t>(std::max(unacked, 0));
+    probe.unacked_in = policy::Unacked::Bytes;
+    return true;
+}
+
+}  // namespace
+
 bool probe_socket(int fd, policy::SocketProbe& probe) {
     tcp_info info{};
-    socklen_t len = sizeof info;
+    socklen_t len = kTcpInfoNotsentLen;
     if (real::getsockopt.get()(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
-    int unacked = 0, unsent = 0;
-    if (ioctl(fd, SIOCOUTQ, &unacked) != 0) return false;
+    probe.state = static_cast<policy::TcpState>(info.tcpi_state);
+    probe.srtt_us = info.tcpi_rtt;
+    if (len >= kTcpInfoNotsentLen) {
+        // One call: tcpi_notsent_bytes is SIOCOUTQNSD (write_seq - snd_nxt),
+        // and tcpi_unacked is zero exactly when everything sent is acknowledged.
+        probe.unsent_bytes = info.tcpi_notsent_bytes;
+        probe.unacked = info.tcpi_unacked;
+        probe.unacked_in = policy::Unacked::Segments;
+        // Half-closed with segments in flight: only SIOCOUTQ tells a lone FIN from data.
+        return !policy::needs_unacked_bytes(probe) || ask_outq(fd, probe);
+    }
+    // Linux < 4.6: the two ioctls, as TCP_INFO cannot answer.
+    if (!kernel::lacks(policy::Facility::TcpInfoNotsent))
+        kernel::missing(policy::Facility::TcpInfoNotsent, "TCP_INFO is shorter");
+    if (!ask_outq(fd, probe)) return false;
     // Without SIOCOUTQNSD (Linux < 2.6.36) every queued byte counts as
     // unacknowledged: the close waits for all of it, and never cuts any off.
+    int unsent = 0;
     if (!kernel::lacks(policy::Facility::OutqNsd) && ioctl(fd, SIOCOUTQNSD, &unsent) != 0) {
         kernel::missing(policy::Facility::OutqNsd, errno);
         unsent = 0;
     }
-    probe.state = static_cast<policy::TcpState>(info.tcpi_state);
-    probe.srtt_us = info.tcpi_rtt;
-    probe.unacked_bytes = static_cast<std::uint32_t>(std::max(unacked, 0));
     probe.unsent_bytes = static_cast<std::uint32_t>(std::max(unsent, 0));
     return true;
 }
@@ -111,7 +146,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
     fdtable::Slot& s = fdtable::slot(index);
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
     if ((flags & fdtable::kDeadlineArmed) != 0) connect_policy::disarm(index, s);
-    storm::on_close(fd, s);
+    storm::on_close(fd, s, config);
     policy::bump(counters.closes);
     CloseApplied applied;
     // Never connected by this process (a listener, a socket closed before its
@@ -123,7 +158,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
         // so decided before anything is gathered.
         if (log::enabled(policy::LogLevel::Debug))
             log::at(policy::LogLevel::Debug, "{} {} to {}: normal close (another descriptor still refers to it)",
-                    origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest);
+                    origin == hold::Origin::Dup2 ? "dup2 over fd" : "close fd", fd, s.dest());
         return applied;
     }
 
@@ -138,7 +173,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
         switch (d.action) {
             case CloseAction::Passthrough:
                 if (book.connect_called)
-                    log::at(policy::LogLevel::Debug, "{} {} to {}: normal close ({})", how, fd, s.dest, d.reason);
+                    log::at(policy::LogLevel::Debug, "{} {} to {}: normal close ({})", how, fd, s.dest(), d.reason);
                 return applied;
             case CloseAction::Probe:
                 if (!probe_socket(fd, probe)) return applied;
@@ -170,7 +205,7 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
                     policy::bump(counters.closes_rst_after_wait);
                     policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                 }
-                log::at(policy::LogLevel::Debug, "{} {} to {}: RST ({}; waited {} us)", how, fd, s.dest, d.reason,
+                log::at(policy::LogLevel::Debug, "{} {} to {}: RST ({}; waited {} us)", how, fd, s.dest(), d.reason,
                         waited / 1000);
                 return applied;
             }
@@ -178,13 +213,14 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
                 policy::bump(counters.closes_graceful_unsent);
                 policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                 log::at(policy::LogLevel::Info,
-                        "{} {} to {}: graceful, not RST: {} ({} bytes unsent, {} unacknowledged, "
+                        "{} {} to {}: graceful, not RST: {} ({} bytes unsent, {} {} unacknowledged, "
                         "waited {} us)",
-                        how, fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                        how, fd, s.dest(), d.reason, probe.unsent_bytes, probe.unacked, policy::unacked_unit(probe),
+                        waited / 1000);
                 return applied;
             case CloseAction::GracefulShared:
                 policy::bump(counters.closes_graceful_shared);
-                log::at(policy::LogLevel::Debug, "{} {} to {}: graceful, not RST: {}", how, fd, s.dest, d.reason);
+                log::at(policy::LogLevel::Debug, "{} {} to {}: graceful, not RST: {}", how, fd, s.dest(), d.reason);
                 return applied;
         }
     }

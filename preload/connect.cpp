@@ -34,7 +34,7 @@ std::uint32_t slot_for_connect(int fd) {
     len = sizeof domain;
     if (call_errno(real::getsockopt.get(), fd, SOL_SOCKET, SO_DOMAIN, static_cast<void*>(&domain), &len) != 0)
         return 0;
-    index = fdtable::track_new(fd, domain, SOCK_STREAM);
+    index = fdtable::track_new(fd, domain);
     if (index != 0) policy::bump(runtime::counters().sockets);
     return index;
 }
@@ -42,7 +42,7 @@ std::uint32_t slot_for_connect(int fd) {
 void count_failure(const fdtable::Slot& s, int err) {
     runtime::counters().count_connect_error(err);
     storm::after_failure(s);
-    log::at(policy::LogLevel::Debug, "connect to {} failed: {}", s.dest, policy::errno_name(err));
+    log::at(policy::LogLevel::Debug, "connect to {} failed: {}", s.dest(), policy::errno_name(err));
 }
 
 // A matched connect under the connect policies: a source address, a deadline
@@ -107,7 +107,7 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
 
     fdtable::Slot& s = fdtable::slot(index);
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
-    if ((flags & fdtable::kConnectPending) != 0 && s.dest == *dest) {
+    if ((flags & fdtable::kConnectPending) != 0 && s.dest_is(*dest)) {
         // A non-blocking client asking again how its connect went (EALREADY,
         // EISCONN): the same attempt, not a new one.
         if ((flags & fdtable::kTimedOut) != 0) {
@@ -129,7 +129,7 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     }
 
     bool matched = runtime::config().match.matches(*dest);
-    s.dest = *dest;
+    s.set_dest(*dest);
     s.connect_start_ns = runtime::now_ns();
     std::uint32_t set = fdtable::kConnectCalled | (matched ? fdtable::kMatched : 0u);
     s.flags.store((flags & ~(fdtable::kMatched | fdtable::kConnectPending)) | set,
@@ -144,14 +144,10 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     if (matched && hold::thread_wanted()) connect_policy::start_timer();
 
     int r = 0;
-    if (matched) {
-        int status = call_errno(real::fcntl.get(), fd, F_GETFL);
-        r = storm::before_connect(fd, s, status >= 0 && (status & O_NONBLOCK) != 0);
-        s.connect_start_ns = runtime::now_ns();  // the handshake starts after any pacing
-    }
+    if (matched && storm::wanted(runtime::config())) r = storm::before_connect(fd, s);  // restarts connect_start_ns if it waited
     if (r == 0)
         r = matched && has_connect_policy(runtime::config()) ? connect_matched(fd, index, s, addr, len, *dest)
-                                                             : call_errno(real::connect.get(), fd, addr, len);
+                                                             : runtime::call_direct(real::connect.get(), fd, addr, len);
     else
         return r;  // a signal ended the pacing wait: EINTR, no handshake started
     if (r == -EINPROGRESS || r == -EINTR) {

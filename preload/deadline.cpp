@@ -110,7 +110,7 @@ void fire(const Entry& e) {
     abandon(fd);
     policy::bump(runtime::counters().connect_timeouts);
     log::at(policy::LogLevel::Info, "connect fd {} to {}: no handshake within {}; abandoned (ETIMEDOUT)", fd,
-            s.dest, policy::format_duration(*runtime::config().connect_timeout_ns));
+            s.dest(), policy::format_duration(*runtime::config().connect_timeout_ns));
 }
 
 void* watchdog(void*) {

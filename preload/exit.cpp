@@ -81,19 +81,20 @@ bool decide_at_exit(int fd, std::uint32_t index, std::uint32_t generation, std::
                         policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                     }
                     log::at(policy::LogLevel::Debug, "exit with fd {} to {} open: RST ({}; waited {} us)", fd,
-                            s.dest, d.reason, waited / 1000);
+                            s.dest(), d.reason, waited / 1000);
                     break;
                 }
                 case CloseAction::GracefulUnsent:
                     policy::bump(counters.closes_graceful_unsent);
                     policy::bump(counters.ack_wait_us, static_cast<std::uint64_t>(waited / 1000));
                     log::at(policy::LogLevel::Info,
-                            "exit with fd {} to {} open: graceful, not RST: {} ({} bytes unsent, {} "
+                            "exit with fd {} to {} open: graceful, not RST: {} ({} bytes unsent, {} {} "
                             "unacknowledged, waited {} us)",
-                            fd, s.dest, d.reason, probe.unsent_bytes, probe.unacked_bytes, waited / 1000);
+                            fd, s.dest(), d.reason, probe.unsent_bytes, probe.unacked, policy::unacked_unit(probe),
+                            waited / 1000);
                     break;
                 default:
-                    log::at(policy::LogLevel::Debug, "exit with fd {} to {} open: normal close ({})", fd, s.dest,
+                    log::at(policy::LogLevel::Debug, "exit with fd {} to {} open: normal close ({})", fd, s.dest(),
                             d.reason);
                     break;
             }
@@ -162,7 +163,7 @@ void close_open_at_exit() {
             if ((flags & fdtable::kStdio) != 0) {
                 log::at(policy::LogLevel::Debug,
                         "exit with fd {} to {} open: left to the kernel (a stdio stream may still flush into it)",
-                        fd, s.dest);
+                        fd, s.dest());
                 return;
             }
             std::uint32_t generation = s.generation.load(std::memory_order_acquire);

@@ -8,25 +8,76 @@ namespace tcpfix::fdtable {
 
 namespace detail {
 std::atomic<std::atomic<std::uint32_t>*> g_chunks[kMaxChunks];
+std::atomic<Slot*> g_slot_chunks[kMaxSlotChunks];
 }
 
 namespace {
-
-constexpr unsigned kSlotChunkBits = 10;
-constexpr unsigned kSlotChunkSize = 1u << kSlotChunkBits;
-constexpr unsigned kMaxSlotChunks = 4096;  // up to ~4 million live sockets
-
-std::atomic<Slot*> g_slot_chunks[kMaxSlotChunks];
-std::atomic<std::uint32_t> g_next_slot{1};  // 0 means "none"
-// Free-list head: low 32 bits the slot index, high 32 bits a tag against ABA.
-std::atomic<std::uint64_t> g_free_head{0};
-std::atomic<std::uint32_t> g_fork_epoch{0};
-std::atomic<std::uint32_t> g_spawn_epoch{0};
 
 void* map_zeroed(std::size_t bytes) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
 }
+
+// Fixed-size records by 32-bit index (0 is "none"), in chunks mapped on
+// first use and never returned; a lock-free free list whose head carries a
+// tag against ABA. T::*Link is the atomic that holds the next free index.
+template <typename T, std::atomic<std::uint32_t> T::*Link, unsigned kChunkBits2, unsigned kMaxChunks2>
+class Pool {
+public:
+    constexpr explicit Pool(std::atomic<T*>* chunks) : chunks_(chunks) {}
+
+    static constexpr unsigned kPerChunk = 1u << kChunkBits2;
+
+    T& at(std::uint32_t index) {
+        return chunks_[index >> kChunkBits2].load(std::memory_order_acquire)[index & (kPerChunk - 1)];
+    }
+
+    std::uint32_t allocate() {
+        std::uint64_t head = free_head_.load(std::memory_order_acquire);
+        while (static_cast<std::uint32_t>(head) != 0) {
+            std::uint32_t index = static_cast<std::uint32_t>(head);
+            std::uint32_t next = (at(index).*Link).load(std::memory_order_relaxed);
+            std::uint64_t tagged = ((head >> 32) + 1) << 32 | next;
+            if (free_head_.compare_exchange_weak(head, tagged, std::memory_order_acq_rel)) return index;
+        }
+        std::uint32_t index = next_.fetch_add(1, std::memory_order_relaxed);
+        if (index >= kPerChunk * kMaxChunks2) return 0;
+        if (chunk(index >> kChunkBits2) == nullptr) return 0;
+        return index;
+    }
+
+    void free(std::uint32_t index) {
+        std::uint64_t head = free_head_.load(std::memory_order_acquire);
+        do {
+            (at(index).*Link).store(static_cast<std::uint32_t>(head), std::memory_order_relaxed);
+        } while (!free_head_.compare_exchange_weak(head, ((head >> 32) + 1) << 32 | index,
+                                                   std::memory_order_acq_rel));
+    }
+
+private:
+    T* chunk(unsigned c) {
+        T* existing = chunks_[c].load(std::memory_order_acquire);
+        if (existing != nullptr) return existing;
+        constexpr std::size_t bytes = sizeof(T) * kPerChunk;
+        void* mem = map_zeroed(bytes);
+        if (mem == nullptr) return nullptr;
+        T* fresh = new (mem) T[kPerChunk];
+        if (chunks_[c].compare_exchange_strong(existing, fresh, std::memory_order_acq_rel)) return fresh;
+        munmap(mem, bytes);
+        return existing;
+    }
+
+    std::atomic<T*>* chunks_;  // kMaxChunks2 of them
+    std::atomic<std::uint32_t> next_{1};
+    std::atomic<std::uint64_t> free_head_{0};
+};
+
+Pool<Slot, &Slot::aux, kSlotChunkBits, kMaxSlotChunks> g_slots(detail::g_slot_chunks);
+std::atomic<SavedOption*> g_option_chunks[1024];
+Pool<SavedOption, &SavedOption::next, 10, 1024> g_options(g_option_chunks);  // up to ~1 million saved options
+
+std::atomic<std::uint32_t> g_fork_epoch{0};
+std::atomic<std::uint32_t> g_spawn_epoch{0};
 
 // The chunk holding fd's entry, mapped on first use; nullptr if out of range or memory.
 std::atomic<std::uint32_t>* chunk_for(int fd, bool create) {
@@ -43,40 +94,20 @@ std::atomic<std::uint32_t>* chunk_for(int fd, bool create) {
     return chunk;
 }
 
-Slot* slot_chunk(unsigned c, bool create) {
-    Slot* chunk = g_slot_chunks[c].load(std::memory_order_acquire);
-    if (chunk != nullptr || !create) return chunk;
-    constexpr std::size_t bytes = sizeof(Slot) * kSlotChunkSize;
-    void* mem = map_zeroed(bytes);
-    if (mem == nullptr) return nullptr;
-    Slot* fresh = new (mem) Slot[kSlotChunkSize];
-    if (g_slot_chunks[c].compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel))
-        return fresh;
-    munmap(mem, bytes);
-    return chunk;
-}
+}  // namespace
 
-std::uint32_t allocate_slot() {
-    std::uint64_t head = g_free_head.load(std::memory_order_acquire);
-    while (static_cast<std::uint32_t>(head) != 0) {
-        std::uint32_t index = static_cast<std::uint32_t>(head);
-        std::uint32_t next = slot(index).next_free.load(std::memory_order_relaxed);
-        std::uint64_t tagged = ((head >> 32) + 1) << 32 | next;
-        if (g_free_head.compare_exchange_weak(head, tagged, std::memory_order_acq_rel)) return index;
+void detail::free_slot(std::uint32_t index) {
+    Slot& s = g_slots.at(index);
+    std::uint32_t o = s.options.load(std::memory_order_acquire) == 0 ? 0 : s.options.exchange(0, std::memory_order_acq_rel);
+    while (o != 0) {
+        std::uint32_t next = g_options.at(o).next.load(std::memory_order_relaxed);
+        g_options.free(o);
+        o = next;
     }
-    std::uint32_t index = g_next_slot.fetch_add(1, std::memory_order_relaxed);
-    if (index >= kSlotChunkSize * kMaxSlotChunks) return 0;
-    if (slot_chunk(index >> kSlotChunkBits, true) == nullptr) return 0;
-    return index;
+    g_slots.free(index);
 }
 
-void free_slot(std::uint32_t index) {
-    std::uint64_t head = g_free_head.load(std::memory_order_acquire);
-    do {
-        slot(index).next_free.store(static_cast<std::uint32_t>(head), std::memory_order_relaxed);
-    } while (!g_free_head.compare_exchange_weak(head, ((head >> 32) + 1) << 32 | index,
-                                                std::memory_order_acq_rel));
-}
+namespace {
 
 // Installs value at fd and releases what was there.
 void install(int fd, std::uint32_t value) {
@@ -91,28 +122,50 @@ void install(int fd, std::uint32_t value) {
 
 }  // namespace
 
-Slot& slot(std::uint32_t index) {
-    return g_slot_chunks[index >> kSlotChunkBits].load(std::memory_order_acquire)[index & (kSlotChunkSize - 1)];
+const SavedOption& option(std::uint32_t index) { return g_options.at(index); }
+
+bool save_option(Slot& s, int level, int name, const void* value, unsigned len) {
+    if (len > sizeof(SavedOption::value)) return false;
+    std::atomic<std::uint32_t>* link = &s.options;
+    unsigned count = 0;
+    for (std::uint32_t i = link->load(std::memory_order_acquire); i != 0; i = link->load(std::memory_order_acquire)) {
+        SavedOption& o = g_options.at(i);
+        if (o.level == level && o.name == name) {
+            o.len = static_cast<std::uint8_t>(len);
+            __builtin_memcpy(o.value, value, len);
+            return true;
+        }
+        link = &o.next;
+        ++count;
+    }
+    if (count >= kMaxSavedOptions) return false;
+    std::uint32_t fresh = g_options.allocate();
+    if (fresh == 0) return false;
+    SavedOption& o = g_options.at(fresh);
+    o.level = level;
+    o.name = name;
+    o.len = static_cast<std::uint8_t>(len);
+    __builtin_memcpy(o.value, value, len);
+    o.next.store(0, std::memory_order_relaxed);
+    link->store(fresh, std::memory_order_release);  // appended: replayed in the order first set
+    return true;
 }
 
-std::uint32_t track_new(int fd, int domain, int type) {
-    std::uint32_t index = allocate_slot();
+std::uint32_t track_new(int fd, int domain) {
+    std::uint32_t index = g_slots.allocate();
     if (index == 0) {
         clear(fd);
         return 0;
     }
     Slot& s = slot(index);
-    s.flags.store(0, std::memory_order_relaxed);
+    s.flags.store(domain == AF_INET6 ? kInet6 : 0u, std::memory_order_relaxed);
     s.fork_epoch = fork_epoch();
     s.spawn_epoch = spawn_epoch();
-    s.generation++;
-    s.domain = domain;
-    s.type = type;
-    s.dest = {};
-    s.connect_start_ns = 0;
-    s.bound_len = 0;
-    s.option_count = 0;
-    s.close_wait_seen_ns = 0;
+    // Only the thread that allocated the slot writes it: no locked add needed.
+    s.generation.store(s.generation.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    s.dest_family = 0;
+    s.connect_start_ns.store(0, std::memory_order_relaxed);
+    s.aux.store(0, std::memory_order_relaxed);
     s.refs.store(1, std::memory_order_release);
     install(fd, index);
     return index;
@@ -120,11 +173,6 @@ std::uint32_t track_new(int fd, int domain, int type) {
 
 void track_owned(int fd) { install(fd, kOwned); }
 
-std::uint32_t take(int fd) {
-    std::atomic<std::uint32_t>* chunk = chunk_for(fd, false);
-    if (chunk == nullptr) return 0;
-    return chunk[static_cast<unsigned>(fd) & (kChunkSize - 1)].exchange(0, std::memory_order_acq_rel);
-}
 
 void share(int from, int fd) {
     std::uint32_t index = lookup(from);
@@ -133,22 +181,10 @@ void share(int from, int fd) {
     install(fd, index);
 }
 
-void clear(int fd) {
-    if (lookup(fd) != 0) install(fd, 0);
-}
+void detail::clear_slow(int fd) { install(fd, 0); }
 
 void restore(int fd, std::uint32_t index) { install(fd, index); }
 
-void wait_not_busy(std::uint32_t index) {
-    if (index == 0 || index == kOwned) return;
-    while (slot(index).busy.load(std::memory_order_seq_cst) != 0) {
-    }
-}
-
-void release(std::uint32_t index) {
-    if (index == 0 || index == kOwned) return;
-    if (slot(index).refs.fetch_sub(1, std::memory_order_acq_rel) == 1) free_slot(index);
-}
 
 std::uint32_t fork_epoch() { return g_fork_epoch.load(std::memory_order_acquire); }
 

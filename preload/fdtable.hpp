@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include <sys/socket.h>
+
 #include "policy/net.hpp"
 
 namespace tcpfix::fdtable {
@@ -42,39 +44,75 @@ enum SlotFlag : std::uint32_t {
     kReaped = 1u << 12,         // shut down after too long in CLOSE_WAIT
     kStdio = 1u << 13,          // wrapped in a stdio FILE (fdopen): stdio may flush into it after exit handlers
     kExitDecided = 1u << 14,    // the exit handler has decided it (once per socket, not per descriptor)
+    kInet6 = 1u << 15,          // made as AF_INET6 (else AF_INET)
 };
 
-// A socket option the application set, kept so a fresh socket can get it too.
+
+// A socket option the application set (or, with level kBoundLevel, the
+// address it bound to), kept out of line so a fresh socket can get it too.
+// Nodes come from a pool of their own; a socket without options holds none.
+constexpr int kBoundLevel = -1;
+constexpr unsigned kMaxSavedOptions = 16;  // per socket; more sets kOptionsLost
+
 struct SavedOption {
     int level = 0;
     int name = 0;
     std::uint8_t len = 0;
     std::uint8_t value[31] = {};
+    std::atomic<std::uint32_t> next{0};  // the socket's next option; in the pool, the next free node
 };
+static_assert(sizeof(SavedOption) == 44);
 
+// The state of one socket: 56 bytes, so a tracked socket costs 60 with its
+// descriptor-table entry. Everything an application rarely sets (options,
+// its bind address) is a SavedOption chain.
 struct Slot {
+    std::atomic<std::int64_t> connect_start_ns{0};
     std::atomic<std::uint32_t> refs{0};
-    std::atomic<std::uint32_t> busy{0};  // how many background scans act on its descriptor right now
-    std::int64_t close_wait_seen_ns = 0;
     std::atomic<std::uint32_t> flags{0};
-    std::atomic<std::uint32_t> next_free{0};
-    std::uint32_t fork_epoch = 0;   // the process's fork count when the socket was made
-    std::uint32_t spawn_epoch = 0;  // ... and its count of programs spawned (exec'd children)
-    // Read by the watchdog thread while an application thread may reuse the
+    // Read by background threads while an application thread may reuse the
     // slot, hence atomic.
     std::atomic<std::uint32_t> generation{0};  // bumped each time the slot is reused
-    int domain = 0;                // AF_INET or AF_INET6
-    int type = 0;                  // SOCK_STREAM plus SOCK_NONBLOCK / SOCK_CLOEXEC as created
-    policy::Endpoint dest;         // valid once kConnectCalled is set
-    std::atomic<std::int64_t> connect_start_ns{0};
-    unsigned char bound_addr[28] = {};  // sockaddr_in / sockaddr_in6 of the application's bind()
-    std::uint8_t bound_len = 0;
-    std::uint8_t option_count = 0;
-    SavedOption options[8];
+    std::uint32_t fork_epoch = 0;   // the process's fork count when the socket was made
+    std::uint32_t spawn_epoch = 0;  // ... and its count of programs spawned (exec'd children)
+    std::atomic<std::uint32_t> options{0};  // first SavedOption, 0 for none
+    // In use: when it was first seen in CLOSE_WAIT (kCloseWaitSeen), in ms of
+    // the monotonic clock, modulo 2^32. Free: the next free slot.
+    std::atomic<std::uint32_t> aux{0};
+    std::uint8_t dest_addr[16] = {};  // valid once kConnectCalled is set
+    std::uint16_t dest_port = 0;
+    std::uint8_t dest_family = 0;
+    std::atomic<std::uint8_t> busy{0};  // how many background scans act on its descriptor right now
+
+    policy::Endpoint dest() const {
+        policy::Endpoint ep;
+        ep.addr.family = dest_family;
+        __builtin_memcpy(ep.addr.bytes.data(), dest_addr, sizeof dest_addr);
+        ep.port = dest_port;
+        return ep;
+    }
+    void set_dest(const policy::Endpoint& ep) {
+        dest_family = static_cast<std::uint8_t>(ep.addr.family);
+        __builtin_memcpy(dest_addr, ep.addr.bytes.data(), sizeof dest_addr);
+        dest_port = ep.port;
+    }
+    bool dest_is(const policy::Endpoint& ep) const {
+        return dest_family == ep.addr.family && dest_port == ep.port &&
+               __builtin_memcmp(dest_addr, ep.addr.bytes.data(), sizeof dest_addr) == 0;
+    }
+    int domain() const;
 };
+static_assert(sizeof(Slot) == 56);
+inline int Slot::domain() const { return (flags.load(std::memory_order_relaxed) & kInet6) != 0 ? AF_INET6 : AF_INET; }
+
+constexpr unsigned kSlotChunkBits = 10;
+constexpr unsigned kMaxSlotChunks = 4096;  // up to ~4 million live sockets
 
 namespace detail {
 extern std::atomic<std::atomic<std::uint32_t>*> g_chunks[kMaxChunks];
+extern std::atomic<Slot*> g_slot_chunks[kMaxSlotChunks];
+void free_slot(std::uint32_t index);
+void clear_slow(int fd);
 }
 
 // The slot index for fd, or 0. The hot path of every hooked close().
@@ -86,18 +124,27 @@ inline std::uint32_t lookup(int fd) {
     return chunk[u & (kChunkSize - 1)].load(std::memory_order_acquire);
 }
 
-Slot& slot(std::uint32_t index);
+inline Slot& slot(std::uint32_t index) {
+    return detail::g_slot_chunks[index >> kSlotChunkBits].load(
+        std::memory_order_acquire)[index & ((1u << kSlotChunkBits) - 1)];
+}
 
 // Tracks a new socket at fd: a fresh slot with one reference. Returns its
 // index, or 0 when no memory could be had (the socket then passes through).
-std::uint32_t track_new(int fd, int domain = 0, int type = 0);
+std::uint32_t track_new(int fd, int domain);
 
 // Marks fd as a descriptor tcpfix holds.
 void track_owned(int fd);
 
 // Removes fd from the table and returns what it held (0, kOwned or a slot
 // index whose reference the caller now owns and must release()).
-std::uint32_t take(int fd);
+inline std::uint32_t take(int fd) {
+    unsigned u = static_cast<unsigned>(fd);
+    if (u >= kMaxFd) return 0;
+    std::atomic<std::uint32_t>* chunk = detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire);
+    if (chunk == nullptr) return 0;
+    return chunk[u & (kChunkSize - 1)].exchange(0, std::memory_order_acq_rel);
+}
 
 // fd now refers to the same socket as `from` (dup semantics); whatever fd
 // held before is released. A no-op pair when `from` is untracked.
@@ -105,19 +152,38 @@ void share(int from, int fd);
 
 // fd was just handed out by the kernel for something tcpfix does not track:
 // drop any stale entry left by a close tcpfix never saw.
-void clear(int fd);
+inline void clear(int fd) {
+    if (__builtin_expect(lookup(fd) != 0, 0)) detail::clear_slow(fd);
+}
 
 // Puts back an entry take() removed, when the call that would have closed
 // the descriptor failed.
 void restore(int fd, std::uint32_t index);
 
+// The application's options on the slot's socket, in the order first set:
+// remembers one (a later set of the same level and name replaces its
+// value). False when it cannot be kept: longer than a SavedOption holds,
+// past kMaxSavedOptions, or no memory.
+bool save_option(Slot& s, int level, int name, const void* value, unsigned len);
+
+// Calls f(const SavedOption&) for each saved option (kBoundLevel included).
+template <typename F>
+void for_each_option(const Slot& s, F&& f);
+
 // Waits while a background scan acts on the slot's descriptor; called after
 // take() and before the descriptor is really closed, so tcpfix never acts on
 // a number the application has given up.
-void wait_not_busy(std::uint32_t index);
+inline void wait_not_busy(std::uint32_t index) {
+    if (index == 0 || index == kOwned) return;
+    while (slot(index).busy.load(std::memory_order_seq_cst) != 0) {
+    }
+}
 
 // Drops one reference; the slot is recycled when none remain.
-void release(std::uint32_t index);
+inline void release(std::uint32_t index) {
+    if (index == 0 || index == kOwned) return;
+    if (slot(index).refs.fetch_sub(1, std::memory_order_acq_rel) == 1) detail::free_slot(index);
+}
 
 // The current fork epoch; a socket made in an earlier epoch may be shared with
 // another process.
@@ -130,6 +196,17 @@ void bump_fork_epoch();
 // by that program.
 std::uint32_t spawn_epoch();
 void bump_spawn_epoch();
+
+const SavedOption& option(std::uint32_t index);
+
+template <typename F>
+void for_each_option(const Slot& s, F&& f) {
+    for (std::uint32_t i = s.options.load(std::memory_order_acquire); i != 0;) {
+        const SavedOption& o = option(i);
+        f(o);
+        i = o.next.load(std::memory_order_acquire);
+    }
+}
 
 // Calls f(fd, index) for every tracked descriptor in [first, last], in order.
 template <typename F>

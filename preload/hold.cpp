@@ -40,7 +40,8 @@ constexpr std::uint32_t next_version(std::uint32_t word, PlaceState st) { return
 
 // The first look comes soon (on loopback the ACK is microseconds away),
 // then less and less often, never more than 2 ms apart: an RST at most 2 ms
-// after the ACK, at a cost of three system calls a look.
+// after the ACK, at a cost of one system call a look (TCP_INFO; two for a
+// half-closed socket, three on Linux < 4.6: hooks::probe_socket).
 constexpr std::int64_t kFirstLookNs = 100'000;
 constexpr std::int64_t kMaxStepNs = 2'000'000;
 
@@ -124,8 +125,8 @@ void decide(Place& p, std::uint32_t word, std::int64_t now, std::int64_t forced_
             policy::bump(counters.closes_graceful_unsent);
             policy::bump(counters.held_wait_us, static_cast<std::uint64_t>(waited / 1000));
             log::at(policy::LogLevel::Info,
-                    "held socket to {}: graceful, not RST: {} ({} bytes unacknowledged {} us after the close)",
-                    p.dest, d.reason, probe.unacked_bytes, waited / 1000);
+                    "held socket to {}: graceful, not RST: {} ({} {} unacknowledged {} us after the close)",
+                    p.dest, d.reason, probe.unacked, policy::unacked_unit(probe), waited / 1000);
             break;
         default:
             if (probe.state == policy::TcpState::CloseWait || probe.state == policy::TcpState::LastAck)
@@ -172,7 +173,7 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
         int copy = call_errno(real::fcntl.get(), fd, F_DUPFD_CLOEXEC, floor);
         if (copy < 0) {
             log::at(policy::LogLevel::Debug, "close fd {} to {}: no descriptor to hold it ({}); deciding now", fd,
-                    s.dest, policy::errno_name(-copy));
+                    s.dest(), policy::errno_name(-copy));
             free_place(p, word);
             return -1;
         }
@@ -180,13 +181,13 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
         p.held_ns = runtime::now_ns();
         p.step_ns = kFirstLookNs;
         p.origin = origin;
-        p.dest = s.dest;
+        p.dest = s.dest();
         p.fd.store(copy, std::memory_order_relaxed);
         int high = g_high_water.load(std::memory_order_relaxed);
         while (high <= i && !g_high_water.compare_exchange_weak(high, i + 1, std::memory_order_acq_rel)) {
         }
-        log::at(policy::LogLevel::Debug, "close fd {} to {}: {} bytes not yet acknowledged; held as fd {}", fd,
-                s.dest, probe.unacked_bytes, copy);
+        log::at(policy::LogLevel::Debug, "close fd {} to {}: {} {} not yet acknowledged; held as fd {}", fd,
+                s.dest(), probe.unacked, policy::unacked_unit(probe), copy);
         return i;
     }
     g_held.fetch_sub(1, std::memory_order_acq_rel);  // cannot happen: held < max <= kPlaces

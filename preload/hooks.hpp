@@ -42,8 +42,10 @@ CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin
 // What the table knows of the socket, for policy::decide_close().
 policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags);
 
-// Reads the kernel's view of a TCP socket (TCP_INFO, SIOCOUTQ, SIOCOUTQNSD);
-// false if fd is no TCP socket (a stale entry).
+// Reads the kernel's view of a TCP socket: TCP_INFO alone on Linux 4.6+
+// (SIOCOUTQ too for a half-closed socket with segments in flight), TCP_INFO,
+// SIOCOUTQ and SIOCOUTQNSD before; false if a call failed (fd is no TCP
+// socket: a stale entry; SIOCOUTQ on a listener).
 bool probe_socket(int fd, policy::SocketProbe& probe);
 
 // The application closed or replaced a descriptor the table marks as

@@ -35,11 +35,8 @@ std::atomic<int> g_close_range{kUnknown};
 void missing(policy::Facility f, const char* observed) {
     if (detail::g_lacks[static_cast<unsigned>(f)].exchange(true, std::memory_order_relaxed)) return;
     const auto& info = policy::facility_info(f);
-    // Where nothing but the cost changes, a warning on every process's stderr
-    // would alarm without cause: said at info level.
     log::at(info.cost_only ? policy::LogLevel::Info : policy::LogLevel::Warn,
-            "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum, observed,
-            info.without_it);
+            "this kernel lacks {} (Linux {}; {}): {}", info.name, info.minimum, observed, info.without_it);
 }
 
 void missing(policy::Facility f, int err) {

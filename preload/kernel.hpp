@@ -1,8 +1,8 @@
 // What this kernel lacks, learnt once per facility: the first call that meets
 // a missing facility records it and logs the one warning that says what
-// tcpfix does instead (policy/facilities.*); later calls take the fallback
-// without asking the kernel again. Lock-free, allocation-free: callable from
-// any hook.
+// tcpfix does instead (policy/facilities.*; an info line where only the cost
+// changes); later calls take the fallback without asking the kernel again.
+// Lock-free, allocation-free: callable from any hook.
 #pragma once
 
 #include <atomic>

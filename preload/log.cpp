@@ -10,9 +10,14 @@
 #include "preload/runtime.hpp"
 
 namespace tcpfix::log {
+
+namespace detail {
+std::atomic<int> g_level{static_cast<int>(policy::LogLevel::Warn)};
+}
+
 namespace {
 
-std::atomic<int> g_level{static_cast<int>(policy::LogLevel::Warn)};
+using detail::g_level;
 std::atomic<int> g_fd{2};
 const char* g_path = nullptr;  // TCPFIX_LOG_FILE, or nullptr for stderr
 thread_local bool t_in_log = false;
@@ -45,11 +50,6 @@ void init(const policy::Config& config, bool secure) {
         return;
     }
     g_fd.store(fd, std::memory_order_release);
-}
-
-bool enabled(policy::LogLevel level) {
-    return static_cast<int>(level) <= g_level.load(std::memory_order_relaxed) &&
-           level != policy::LogLevel::Off;
 }
 
 void write_line(policy::LogLevel level, std::string_view msg) {

@@ -18,23 +18,28 @@ int replace_socket(int fd, fdtable::Slot& s) {
     int fd_flags = call_errno(real::fcntl.get(), fd, F_GETFD);
     if (status < 0 || fd_flags < 0) return status < 0 ? status : fd_flags;
 
-    int fresh = call_errno(real::socket.get(), s.domain, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fresh = call_errno(real::socket.get(), s.domain(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fresh < 0) return fresh;
-    for (std::uint8_t i = 0; i < s.option_count; ++i) {
-        const fdtable::SavedOption& o = s.options[i];
-        if (call_errno(real::setsockopt.get(), fresh, o.level, o.name, static_cast<const void*>(o.value),
-                       static_cast<socklen_t>(o.len)) != 0)
+    const fdtable::SavedOption* bound = nullptr;
+    fdtable::for_each_option(s, [&](const fdtable::SavedOption& o) {
+        if (o.level == fdtable::kBoundLevel) {
+            bound = &o;
+        } else if (call_errno(real::setsockopt.get(), fresh, o.level, o.name, static_cast<const void*>(o.value),
+                              static_cast<socklen_t>(o.len)) != 0) {
             log::at(policy::LogLevel::Debug, "retry socket: option {}/{} not replayed", o.level, o.name);
-    }
+        }
+    });
     if ((s.flags.load(std::memory_order_relaxed) & fdtable::kOptionsLost) != 0)
-        log::at(policy::LogLevel::Info, "retry socket for fd {}: more than {} options set; the rest are not replayed",
-                fd, sizeof s.options / sizeof s.options[0]);
+        log::at(policy::LogLevel::Info,
+                "retry socket for fd {}: more than {} options set (or one longer than {} bytes); the rest are "
+                "not replayed",
+                fd, fdtable::kMaxSavedOptions, sizeof(fdtable::SavedOption::value));
     int r = call_errno(real::fcntl.get(), fresh, F_SETFL, status);
     if (r == 0) r = call_errno(real::dup3.get(), fresh, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
     call_errno(real::close.get(), fresh);
     if (r < 0) return r;
-    if ((s.flags.load(std::memory_order_relaxed) & fdtable::kAppBound) != 0)
-        return bind_like_app(fd, nullptr, reinterpret_cast<const sockaddr*>(s.bound_addr), s.bound_len);
+    if ((s.flags.load(std::memory_order_relaxed) & fdtable::kAppBound) != 0 && bound != nullptr)
+        return bind_like_app(fd, nullptr, reinterpret_cast<const sockaddr*>(bound->value), bound->len);
     return 0;
 }
 

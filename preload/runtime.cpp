@@ -55,14 +55,16 @@ enum : std::uint8_t { kNoVfork = 0, kVforkPending = 1, kVforkExeced = 2 };
 
 namespace detail {
 std::atomic<bool> g_active{false};
+const policy::Config* g_config = nullptr;
+policy::Counters g_counters;
 std::atomic<std::uint32_t>* g_fork_marker = &g_check_pid_word;
 thread_local constinit std::uint8_t t_vfork = kNoVfork;
 }  // namespace detail
 
 namespace {
 
-const policy::Config* g_config = nullptr;
-policy::Counters g_counters;
+using detail::g_config;
+using detail::g_counters;
 std::atomic<long> g_pid{0};
 
 // Variables whose behaviour this version does not carry out yet: accepted
@@ -92,10 +94,6 @@ void child_after_fork() {
 }
 
 }  // namespace
-
-const policy::Config& config() { return *g_config; }
-
-policy::Counters& counters() { return g_counters; }
 
 long pid() {
     long p = g_pid.load(std::memory_order_relaxed);

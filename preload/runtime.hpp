@@ -15,6 +15,8 @@ namespace tcpfix::runtime {
 
 namespace detail {
 extern std::atomic<bool> g_active;
+extern const policy::Config* g_config;
+extern policy::Counters g_counters;
 
 // The fork marker: a word that reads kAnnounced in a process whose every
 // child announced itself through the fork handlers. It sits on a page marked
@@ -38,9 +40,9 @@ bool in_unannounced_child_slow();
 inline bool active() { return detail::g_active.load(std::memory_order_relaxed); }
 
 // The configuration; only valid when active().
-const policy::Config& config();
+inline const policy::Config& config() { return *detail::g_config; }
 
-policy::Counters& counters();
+inline policy::Counters& counters() { return detail::g_counters; }
 
 // The process ID, refreshed after fork.
 long pid();
@@ -114,6 +116,15 @@ int call_errno(Fn* fn, Args... args) {
     if (r < 0) r = -errno;
     errno = saved;
     return r;
+}
+
+// Calls a libc function whose result goes straight back to the application:
+// its result, or -errno on failure (errno then set as the application will
+// see it anyway).
+template <typename Fn, typename... Args>
+inline int call_direct(Fn* fn, Args... args) {
+    int r = fn(args...);
+    return r < 0 ? -errno : r;
 }
 
 }  // namespace tcpfix::runtime

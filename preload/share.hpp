@@ -27,6 +27,9 @@ void init(const policy::Config& config, bool secure);
 // claims this process's slot after a fork. nullptr when there is no share,
 // it could not be trusted (one warning, then the process paces on its own),
 // or its table is full (one warning; this destination is paced per process).
+// Whether TCPFIX_SHARE names a share this process may use (attached or not yet).
+inline bool in_use() { return detail::g_state.load(std::memory_order_relaxed) != 0; }
+
 inline policy::share::Entry* entry(const policy::Endpoint& dest) {
     if (__builtin_expect(detail::g_state.load(std::memory_order_relaxed) == 0, 1)) return nullptr;
     return detail::entry_slow(dest);

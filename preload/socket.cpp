@@ -13,18 +13,18 @@ namespace tcpfix::hooks {
 using runtime::call_errno;
 
 int do_socket(int domain, int type, int protocol) {
-    int fd = call_errno(real::socket.get(), domain, type, protocol);
+    int fd = runtime::call_direct(real::socket.get(), domain, type, protocol);
     if (fd < 0) return fd;
     bool tcp = (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
                (protocol == 0 || protocol == IPPROTO_TCP);
-    if (tcp && fdtable::track_new(fd, domain, type) != 0) policy::bump(runtime::counters().sockets);
+    if (tcp && fdtable::track_new(fd, domain) != 0) policy::bump(runtime::counters().sockets);
     if (!tcp) fdtable::clear(fd);
     return fd;
 }
 
 int do_accept4(int fd, sockaddr* addr, socklen_t* len, int flags, bool plain_accept) {
-    int conn = plain_accept ? call_errno(real::accept.get(), fd, addr, len)
-                            : call_errno(real::accept4.get(), fd, addr, len, flags);
+    int conn = plain_accept ? runtime::call_direct(real::accept.get(), fd, addr, len)
+                            : runtime::call_direct(real::accept4.get(), fd, addr, len, flags);
     if (conn >= 0) fdtable::clear(conn);
     return conn;
 }

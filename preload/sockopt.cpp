@@ -3,8 +3,6 @@
 // its bind on the fresh socket.
 #include <netinet/in.h>
 
-#include <cstring>
-
 #include "preload/connect_policy.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/hooks.hpp"
@@ -20,21 +18,7 @@ fdtable::Slot* tracked(int fd) {
 }
 
 void remember_option(fdtable::Slot& s, int level, int name, const void* value, socklen_t len) {
-    if (len > sizeof(fdtable::SavedOption::value)) {
-        s.flags.fetch_or(fdtable::kOptionsLost);
-        return;
-    }
-    std::uint8_t i = 0;
-    while (i < s.option_count && !(s.options[i].level == level && s.options[i].name == name)) ++i;
-    if (i == sizeof s.options / sizeof s.options[0]) {
-        s.flags.fetch_or(fdtable::kOptionsLost);
-        return;
-    }
-    s.options[i].level = level;
-    s.options[i].name = name;
-    s.options[i].len = static_cast<std::uint8_t>(len);
-    std::memcpy(s.options[i].value, value, len);
-    if (i == s.option_count) ++s.option_count;
+    if (!fdtable::save_option(s, level, name, value, len)) s.flags.fetch_or(fdtable::kOptionsLost);
 }
 
 }  // namespace

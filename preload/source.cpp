@@ -128,7 +128,7 @@ int prepare_source(int fd, fdtable::Slot& s, const policy::Endpoint& dest, Sourc
     ++cursor.tried;
     cursor.current = index;
     sockaddr_storage sa;
-    socklen_t len = make_sockaddr(s.domain, runtime::config().source_addrs[index], sa);
+    socklen_t len = make_sockaddr(s.domain(), runtime::config().source_addrs[index], sa);
     if (len == 0) return 0;
     set_no_port(fd);
     int r = call_errno(real::bind.get(), fd, reinterpret_cast<sockaddr*>(&sa), len);
@@ -165,10 +165,7 @@ int bind_like_app(int fd, fdtable::Slot* s, const sockaddr* addr, socklen_t len)
     int r = call_errno(real::bind.get(), fd, addr, len);
     if (r != 0 || s == nullptr || !local) return r;
     std::uint32_t set = fdtable::kAppBound | (local->port != 0 ? fdtable::kExplicitPort : 0u);
-    if (len <= sizeof s->bound_addr) {
-        std::memcpy(s->bound_addr, addr, len);
-        s->bound_len = static_cast<std::uint8_t>(len);
-    }
+    if (!fdtable::save_option(*s, fdtable::kBoundLevel, 0, addr, len)) set |= fdtable::kOptionsLost;
     s->flags.fetch_or(set, std::memory_order_release);
     return r;
 }

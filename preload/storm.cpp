@@ -16,6 +16,7 @@
 // a timer can give them back.
 #include "preload/storm.hpp"
 
+#include <fcntl.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
@@ -97,7 +98,7 @@ void log_reaped(int fd, const fdtable::Slot& s, policy::DestinationState& d, con
         log::at(policy::LogLevel::Warn,
                 "leak: fd {} to {} sat in CLOSE_WAIT (the peer closed, the application never did) "
                 "{} after its connect, {} unread bytes; shut down to free its port{}",
-                fd, s.dest, policy::format_duration(use.age_ns), use.unread,
+                fd, s.dest(), policy::format_duration(use.age_ns), use.unread,
                 reaped == kReapsLoggedOneByOne ? " (further leaks to it are summarised)" : "");
         return;
     }
@@ -133,8 +134,8 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
     if (fdtable::lookup(fd) == index) {
         policy::ConnectionUse use;
         if (read_use(fd, s, now, use)) {
-            policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
-            policy::share::Entry* shared = share::entry(s.dest);
+            policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
+            policy::share::Entry* shared = share::entry(s.dest());
             if (judge && policy::looks_abandoned(use)) {
                 s.flags.fetch_or(fdtable::kJudged | fdtable::kAbandoned, std::memory_order_acq_rel);
                 policy::bump(d.leaks);
@@ -145,7 +146,7 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
                                                   random01());
                 }
                 log::at(policy::LogLevel::Info, "fd {} to {}: abandoned by the application ({} unread bytes, nothing written)",
-                        fd, s.dest, use.unread);
+                        fd, s.dest(), use.unread);
             } else if (judge && policy::carried_data(use)) {
                 s.flags.fetch_or(fdtable::kJudged, std::memory_order_acq_rel);
                 policy::record_success(d);
@@ -153,9 +154,11 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
             }
             if (reap && use.state == policy::TcpState::CloseWait) {
                 if ((flags & fdtable::kCloseWaitSeen) == 0) {
-                    s.close_wait_seen_ns = now;
+                    s.aux.store(static_cast<std::uint32_t>(now / 1'000'000), std::memory_order_relaxed);
                     s.flags.fetch_or(fdtable::kCloseWaitSeen, std::memory_order_acq_rel);
-                } else if (now - s.close_wait_seen_ns >= *config.reap_close_wait_ns &&
+                } else if (std::int64_t{static_cast<std::uint32_t>(now / 1'000'000) -
+                                        s.aux.load(std::memory_order_relaxed)} * 1'000'000 >=
+                               *config.reap_close_wait_ns &&
                            call_errno(::shutdown, fd, SHUT_RDWR) == 0) {
                     s.flags.fetch_or(fdtable::kReaped, std::memory_order_acq_rel);
                     bool new_leak = (s.flags.load() & fdtable::kAbandoned) == 0;
@@ -175,6 +178,13 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
     g_busy_index.store(0, std::memory_order_relaxed);
 }
 
+// Whether the application made fd non-blocking: asked only when a connect
+// is about to wait (a signal then ends a blocking caller's wait, EINTR).
+bool is_nonblocking(int fd) {
+    int status = call_errno(real::fcntl.get(), fd, F_GETFL);
+    return status >= 0 && (status & O_NONBLOCK) != 0;
+}
+
 // Sleeps until `until`; false when a signal should end the wait with EINTR.
 bool sleep_until(std::int64_t until, bool nonblocking) {
     for (;;) {
@@ -190,14 +200,16 @@ bool sleep_until(std::int64_t until, bool nonblocking) {
 // The share's schedules for a connect to `e`: the backoff turn (waiting
 // until it is free, or until a success anywhere ends the failing spell), then
 // the rate slot. Returns 0, or -EINTR as sleep_until.
-int pace_shared(int fd, const fdtable::Slot& s, policy::share::Entry& e, bool nonblocking,
-                std::int64_t start) {
+int pace_shared(int fd, fdtable::Slot& s, policy::share::Entry& e, std::int64_t start) {
     const policy::Config& config = runtime::config();
     std::int64_t now = start;
     int record = -1;
-    bool waited = false, interrupted = false;
+    bool waited = false, interrupted = false, nonblocking = false;
     auto begin_wait = [&] {
-        if (!waited) record = share::mark_waiting(e);
+        if (!waited) {
+            record = share::mark_waiting(e);
+            nonblocking = is_nonblocking(fd);
+        }
         waited = true;
     };
     if (config.reconnect_backoff) {
@@ -223,11 +235,13 @@ int pace_shared(int fd, const fdtable::Slot& s, policy::share::Entry& e, bool no
     }
     if (!waited) return 0;
     share::unmark_waiting(record);
-    std::int64_t spent = runtime::now_ns() - start;
+    std::int64_t after = runtime::now_ns();
+    s.connect_start_ns.store(after, std::memory_order_relaxed);  // the handshake starts after the wait
+    std::int64_t spent = after - start;
     policy::bump(runtime::counters().throttled_ms, static_cast<std::uint64_t>(spent / 1'000'000));
     e.throttled_us.fetch_add(static_cast<std::uint64_t>(spent / 1000), std::memory_order_relaxed);
     log::at(policy::LogLevel::Debug, "connect fd {} to {}: paced by the share, waited {}", fd,
-            s.dest, policy::format_duration(spent));
+            s.dest(), policy::format_duration(spent));
     return interrupted ? -EINTR : 0;
 }
 
@@ -266,9 +280,9 @@ std::int64_t on_timer(std::int64_t now) {
     return g_last_reap_ns.load(std::memory_order_relaxed) + scan_interval_ns();
 }
 
-int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
+int before_connect(int fd, fdtable::Slot& s) {
     const policy::Config& config = runtime::config();
-    policy::share::Entry* shared = share::entry(s.dest);
+    policy::share::Entry* shared = share::entry(s.dest());
     if (shared != nullptr) shared->connects.fetch_add(1, std::memory_order_relaxed);
     if (!enabled() && !config.connect_rate_per_s) return 0;
     std::int64_t now = runtime::now_ns();
@@ -276,30 +290,32 @@ int before_connect(int fd, fdtable::Slot& s, bool nonblocking) {
         if (config.reap_close_wait_ns) connect_policy::start_timer();
         scan(now);
     }
-    if (shared != nullptr) return pace_shared(fd, s, *shared, nonblocking, now);
-    policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+    if (shared != nullptr) return pace_shared(fd, s, *shared, now);
+    policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
     std::int64_t until = now;
     if (config.reconnect_backoff)
         until += policy::reserve_backoff_slot(d, *config.reconnect_backoff, now, random01());
     if (config.connect_rate_per_s) until += policy::reserve_rate_slot(d, *config.connect_rate_per_s, until);
     if (until <= now) return 0;
-    log::at(policy::LogLevel::Debug, "connect fd {} to {}: paced, waiting {}", fd, s.dest,
+    log::at(policy::LogLevel::Debug, "connect fd {} to {}: paced, waiting {}", fd, s.dest(),
             policy::format_duration(until - now));
-    bool done = sleep_until(until, nonblocking);
-    policy::bump(runtime::counters().throttled_ms, static_cast<std::uint64_t>((runtime::now_ns() - now) / 1'000'000));
+    bool done = sleep_until(until, is_nonblocking(fd));
+    std::int64_t after = runtime::now_ns();
+    s.connect_start_ns.store(after, std::memory_order_relaxed);  // the handshake starts after the wait
+    policy::bump(runtime::counters().throttled_ms, static_cast<std::uint64_t>((after - now) / 1'000'000));
     return done ? 0 : -EINTR;
 }
 
 void after_failure(const fdtable::Slot& s) {
     const policy::Config& config = runtime::config();
-    policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
+    policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
     const bool matched = (s.flags.load(std::memory_order_relaxed) & fdtable::kMatched) != 0;
     if (config.reconnect_backoff && matched)
         policy::record_failure(d, *config.reconnect_backoff, runtime::now_ns(), random01());
     else
         policy::bump(d.failures);  // counted for the stats all the same
     if (!matched) return;
-    if (policy::share::Entry* shared = share::entry(s.dest)) {
+    if (policy::share::Entry* shared = share::entry(s.dest())) {
         if (config.reconnect_backoff)
             policy::share::record_failure(*shared, *config.reconnect_backoff, runtime::now_ns(),
                                           random01());
@@ -308,14 +324,14 @@ void after_failure(const fdtable::Slot& s) {
     }
 }
 
-void on_close(int fd, fdtable::Slot& s) {
+void on_close_backoff(int fd, fdtable::Slot& s) {
     const policy::Config& config = runtime::config();
     std::uint32_t flags = s.flags.load(std::memory_order_acquire);
     if (!config.reconnect_backoff || (flags & fdtable::kConnectCalled) == 0 || (flags & fdtable::kMatched) == 0 ||
         (flags & fdtable::kJudged) != 0)
         return;
-    policy::DestinationState& d = runtime::counters().destinations.get(s.dest);
-    policy::share::Entry* shared = share::entry(s.dest);
+    policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
+    policy::share::Entry* shared = share::entry(s.dest());
     const bool failing = d.consecutive_failures.load(std::memory_order_relaxed) != 0;
     const bool shared_failing =
         shared != nullptr && shared->consecutive_failures.load(std::memory_order_relaxed) != 0;

@@ -3,21 +3,31 @@
 
 #include <cstdint>
 
+#include "policy/config.hpp"
 #include "preload/fdtable.hpp"
+#include "preload/share.hpp"
 
 namespace tcpfix::storm {
 
 // Before a matched connect: scans if due, then waits out the destination's
 // backoff and rate slot. Returns 0, or -EINTR when a signal ends the wait of
 // a blocking caller as it would end a blocking connect.
-int before_connect(int fd, fdtable::Slot& s, bool nonblocking);
+int before_connect(int fd, fdtable::Slot& s);
+
+// Whether before_connect() has anything to do: a pacing policy, reaping, or a share.
+inline bool wanted(const policy::Config& c) {
+    return c.reconnect_backoff || c.reap_close_wait_ns || c.connect_rate_per_s || share::in_use();
+}
 
 // A matched connect to s.dest failed (from connect() or SO_ERROR).
 void after_failure(const fdtable::Slot& s);
 
 // A matched connection is being closed: if it carried data, its destination
 // is healthy again (short connections are usually gone before a scan sees them).
-void on_close(int fd, fdtable::Slot& s);
+void on_close_backoff(int fd, fdtable::Slot& s);
+inline void on_close(int fd, fdtable::Slot& s, const policy::Config& c) {
+    if (c.reconnect_backoff) on_close_backoff(fd, s);
+}
 
 // Classifies this process's matched connections and reaps CLOSE_WAIT ones.
 void scan(std::int64_t now_ns);

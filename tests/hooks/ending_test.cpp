@@ -4,7 +4,9 @@
 // the peer's end of a real loopback connection.
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <linux/sockios.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -73,6 +75,28 @@ bool is_cloexec(int fd) {
     return (flags & O_CLOEXEC) != 0;
 }
 
+// The TCP state of fd (TCP_ESTABLISHED, TCP_FIN_WAIT1, ...), 0 if unknown.
+int tcp_state(int fd) {
+    tcp_info ti{};
+    socklen_t len = sizeof ti;
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 ? ti.tcpi_state : 0;
+}
+
+// Waits up to `ms` for fd to reach `state`.
+bool reaches_state(int fd, int state, int ms) {
+    for (int i = 0; i < ms; ++i) {
+        if (tcp_state(fd) == state) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return tcp_state(fd) == state;
+}
+
+// SIOCOUTQ: bytes not yet acknowledged, a FIN counting as one.
+int unacked_bytes(int fd) {
+    int n = -1;
+    return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : -1;
+}
+
 // A JDK-style marker: one end of a socketpair whose other end is closed.
 int marker() {
     int sv[2];
@@ -119,10 +143,7 @@ protected:
     // connections are tried.
     std::pair<int, int> held_after_close() {
         for (int attempt = 0; attempt < 3; ++attempt) {
-            // An earlier socket still held would make the difference below
-            // ambiguous (a number freed and taken again): wait until it is decided.
-            for (int i = 0; i < 200 && open_fds().back() >= 900; ++i)
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            wait_until_nothing_held();
             auto [c, s] = listener.connect_pair();
             request_reply(c, s);
             check(write(c, "QUIT\r\n", 6) == 6, "write QUIT");
@@ -133,6 +154,13 @@ protected:
             close(s);
         }
         return {-1, -1};
+    }
+
+    // An earlier socket still held would make a difference of open_fds()
+    // ambiguous (a number freed and taken again): wait until it is decided.
+    static void wait_until_nothing_held() {
+        for (int i = 0; i < 200 && open_fds().back() >= 900; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
 
     Listener listener;
@@ -280,6 +308,63 @@ TEST_F(RstEnding, ADup2OntoAHeldNumberGivesItToTheApplication) {
     EXPECT_EQ(close(h), 0);
     close(file);
     close(s);
+}
+
+// Half-closed (shutdown SHUT_WR) connections: in FIN_WAIT1 TCP_INFO counts
+// the FIN as one more unacknowledged segment, so tcpfix asks SIOCOUTQ whether
+// data is in flight with it. The server answers a request, then delays its
+// ACKs (40 ms); it never closes, so a socket that is not reset leaves it in
+// CLOSE_WAIT, and a reset one in CLOSE.
+//
+// Only the FIN in flight: nothing to lose, an RST at once, nothing held.
+TEST_F(RstEnding, HalfClosedWithOnlyTheFinInFlightIsResetAtOnce) {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        wait_until_nothing_held();
+        auto [c, s] = listener.connect_pair();
+        request_reply(c, s);  // the reply acknowledged the request
+        ASSERT_EQ(shutdown(c, SHUT_WR), 0);
+        if (tcp_state(c) != TCP_FIN_WAIT1 || unacked_bytes(c) != 1) {
+            close(c);  // the FIN's ACK came already (the test was descheduled 40 ms): again
+            close(s);
+            continue;
+        }
+        auto before = open_fds();
+        ASSERT_EQ(close(c), 0);
+        EXPECT_EQ(new_fds(before, open_fds()), std::vector<int>{})
+            << "held, though only the FIN was in flight";
+        EXPECT_TRUE(reaches_state(s, TCP_CLOSE, 1000))
+            << "no RST: the server's end is in state " << tcp_state(s);
+        close(s);
+        return;
+    }
+    FAIL() << "three times the FIN was acknowledged before close(): the ACK was not delayed";
+}
+
+// The final message and the FIN in flight: held until the ACK comes, then reset.
+TEST_F(RstEnding, HalfClosedWithDataInFlightIsHeldThenReset) {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        wait_until_nothing_held();
+        auto [c, s] = listener.connect_pair();
+        request_reply(c, s);
+        ASSERT_EQ(write(c, "QUIT\r\n", 6), 6);
+        ASSERT_EQ(shutdown(c, SHUT_WR), 0);
+        if (tcp_state(c) != TCP_FIN_WAIT1 || unacked_bytes(c) != 7) {
+            close(c);
+            close(s);
+            continue;
+        }
+        auto before = open_fds();
+        ASSERT_EQ(close(c), 0);
+        EXPECT_EQ(new_fds(before, open_fds()).size(), 1u)
+            << "not held, though 6 bytes were unacknowledged";
+        EXPECT_TRUE(reaches_state(s, TCP_CLOSE, 1000))
+            << "no RST: the server's end is in state " << tcp_state(s);
+        char buf[16];
+        EXPECT_EQ(read(s, buf, sizeof buf), 6) << "the final message arrived before the RST";
+        close(s);
+        return;
+    }
+    FAIL() << "three times the data was acknowledged before close(): the ACK was not delayed";
 }
 
 }  // namespace

@@ -48,6 +48,11 @@ def warnings_about(stderr: str, facility: str) -> list[str]:
             if l.startswith("tcpfix[") and " warn: " in l and f"this kernel lacks {facility}" in l]
 
 
+def info_lines_about(stderr: str, facility: str) -> list[str]:
+    return [l for l in stderr.splitlines()
+            if l.startswith("tcpfix[") and " info: " in l and f"this kernel lacks {facility}" in l]
+
+
 def one_warning(stderr: str, facility: str, minimum: str) -> str:
     lines = warnings_about(stderr, facility)
     assert len(lines) == 1, f"want one warning about {facility}, got:\n{stderr[-3000:]}"
@@ -145,12 +150,15 @@ def test_no_close_range(make_netns, program, lib, stats_dir):
 def test_no_siocoutqnsd(make_netns, program, lib, final):
     """Without SIOCOUTQNSD every queued byte counts as unacknowledged: a final
     QUIT is waited for and then RST (as on a new kernel), a bulk write into a
-    slow reader arrives whole; one warning."""
+    slow reader arrives whole; one warning. A kernel that old (before 2.6.36)
+    has no tcpi_notsent_bytes in TCP_INFO either, without which the ioctl is
+    never asked: TCP_INFO is shortened too."""
     ns = make_netns((40000, 40199))
     sink = ns.start_sink(program("sink_server"), PORT, read_delay_us=200 if final == "bulk" else 0)
     args = ["-b", str(8 * MiB)] if final == "bulk" else ["-b", "1000", "-f", "QUIT\r\n", "-n", "5"]
     env = {"LD_PRELOAD": str(lib), "TCPFIX_CLOSE": "rst"}
-    r = under(ns, program, ["--no-siocoutqnsd"], [program("rst_writer"), *args, "127.0.0.1", PORT], env)
+    r = under(ns, program, ["--no-siocoutqnsd", "--tcp-info-len", "104"],
+              [program("rst_writer"), *args, "127.0.0.1", PORT], env)
     assert r.returncode == 0, show(r)
     sent = json_lines(r.stdout)
     ends = sink.wait_ends(len(sent), timeout=60)
@@ -181,8 +189,9 @@ def test_short_tcp_info(make_netns, program, lib):
     """TCP_INFO of Linux 3.10 (104 bytes, no byte counters): the leaking
     client is still recognised (the peer closed, its greeting sits unread),
     backed off and reaped — no connect fails for lack of ports, CLOSE_WAIT
-    stays bounded; one warning. And the rst close decision, which needs only
-    the state and the RTT, still leaves no TIME_WAIT."""
+    stays bounded; one warning. And the rst close decision, which then asks
+    the ioctls (test_rst_close_with_short_tcp_info), still leaves no
+    TIME_WAIT."""
     size = STORM_RANGE[1] - STORM_RANGE[0] + 1
     ns = make_netns(STORM_RANGE)
     env = {"LD_PRELOAD": str(lib), **STORM_POLICY}
@@ -198,6 +207,60 @@ def test_short_tcp_info(make_netns, program, lib):
               {"LD_PRELOAD": str(lib), "TCPFIX_CLOSE": "rst"})
     assert parse_summary(r.stdout) == {"ok": 60, "eaddrnotavail": 0, "other": 0}, show(r)
     assert settled_time_wait(ns2) == []
+
+
+RST_WRITER_ARGS = {
+    # A final message closed at once: its ACK is due, the close waits for it
+    # (on the spot or held), then RST.
+    "quit": ["-b", "1000", "-f", "QUIT\r\n", "-n", "10"],
+    # Half-closed first (FIN_WAIT1): where TCP_INFO shows segments in flight,
+    # SIOCOUTQ tells a lone FIN from data. The peer reads the FIN first, and
+    # its own close may race the RST: only the bytes are checked.
+    "half-close": ["-b", "1000", "-f", "QUIT\r\n", "-S", "-n", "10"],
+    # Megabytes into a slow reader: unsent at close(), never cut off.
+    "bulk": ["-b", str(8 * MiB)],
+}
+
+
+@pytest.mark.parametrize("final", list(RST_WRITER_ARGS))
+def test_rst_close_with_short_tcp_info(make_netns, program, lib, tmp_path, final):
+    """The rst close decision reads TCP_INFO alone where it holds
+    tcpi_notsent_bytes (Linux 4.6+), and asks SIOCOUTQ and SIOCOUTQNSD as
+    before where it is shorter (Linux 3.10's 104 bytes here). Both ways the
+    peer gets every byte, a final message still ends with RST and leaves no
+    TIME_WAIT. The supervisor counts the calls: no SIOCOUTQNSD with the full
+    TCP_INFO (and no ioctl at all for a connection that was not
+    half-closed); both ioctls with every TCP_INFO with the short one. That
+    fallback costs only system calls, so it is said once at info level, never
+    as a warning."""
+    facility = "TCP_INFO tcpi_notsent_bytes"
+    for short in (False, True):
+        ns = make_netns((40000, 40199))
+        sink = ns.start_sink(program("sink_server"), PORT, read_delay_us=200 if final == "bulk" else 0)
+        counted = tmp_path / f"calls-{final}-{'short' if short else 'full'}.json"
+        flags = ["--count-calls", str(counted), *(["--tcp-info-len", "104"] if short else [])]
+        env = {"LD_PRELOAD": str(lib), "TCPFIX_CLOSE": "rst", "TCPFIX_LOG": "info"}
+        r = under(ns, program, flags, [program("rst_writer"), *RST_WRITER_ARGS[final], "127.0.0.1", PORT],
+                  env)
+        assert r.returncode == 0, show(r)
+        sent = json_lines(r.stdout)
+        ends = sink.wait_ends(len(sent), timeout=60)
+        assert sorted((e["bytes"], e["fnv1a"]) for e in ends) == sorted((s["sent"], s["fnv1a"]) for s in sent)
+        if final == "quit":
+            assert all(e["end"] == "ECONNRESET" for e in ends), ends
+            assert settled_time_wait(ns) == []
+        calls = json.loads(counted.read_text())
+        assert calls["tcp_info"] >= len(sent), calls
+        assert warnings_about(r.stderr, facility) == [], show(r)
+        if short:
+            # Every decision: TCP_INFO, SIOCOUTQ, SIOCOUTQNSD.
+            assert calls["siocoutq"] == calls["siocoutqnsd"] == calls["tcp_info"], calls
+            (line,) = info_lines_about(r.stderr, facility)
+            assert "(Linux 4.6+" in line, line
+        else:
+            assert calls["siocoutqnsd"] == 0, calls
+            assert calls["siocoutq"] <= (calls["tcp_info"] if final == "half-close" else 0), calls
+            assert info_lines_about(r.stderr, facility) == [], show(r)
 
 
 @pytest.mark.parametrize("mode", ["nonblocking", "blocking"])
@@ -254,9 +317,10 @@ def test_no_wipeonfork(make_netns, program, lib, case):
 def test_kernel_3_10(make_netns, program, lib):
     """CentOS 7's kernel, as far as tcpfix is concerned: no close_range,
     IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, getrandom, MADV_WIPEONFORK
-    or TCP_INFO byte counters. The prober under rst with two source addresses and a port
-    range, a deadline on a lost SYN, and a leaking client under the storm
-    policy all behave as documented, and no warning repeats."""
+    or TCP_INFO byte counters. The prober under rst with two source
+    addresses and a port range, a deadline on a lost SYN, and a leaking
+    client under the storm policy all behave as documented, and no warning
+    repeats."""
     flags = ["--kernel", "3.10"]
     size = RANGE[1] - RANGE[0] + 1
     ns = make_netns(RANGE)
@@ -268,6 +332,7 @@ def test_kernel_3_10(make_netns, program, lib):
     assert settled_time_wait(ns) == []
     one_warning(r.stderr, "IP_BIND_ADDRESS_NO_PORT", "4.2+")
     one_warning(r.stderr, "IP_LOCAL_PORT_RANGE", "6.3+")
+    assert warnings_about(r.stderr, "TCP_INFO tcpi_notsent_bytes") == [], show(r)  # a cost, not a warning
 
     drop_all_syns(ns, DROP_PORT)
     r = under(ns, program, flags, [program("timed_client"), "-m", "nonblocking", "127.0.0.1", DROP_PORT],

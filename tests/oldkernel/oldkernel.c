@@ -5,7 +5,8 @@
  * usage: oldkernel [--kernel X.Y] [--no-bind-address-no-port]
  *                  [--no-local-port-range] [--no-close-range]
  *                  [--no-siocoutqnsd] [--no-getrandom] [--no-wipeonfork]
- *                  [--tcp-info-len BYTES] [--no-unspec-connect] -- CMD [ARGS]
+ *                  [--tcp-info-len BYTES] [--no-unspec-connect]
+ *                  [--count-calls FILE] -- CMD [ARGS]
  *
  * A seccomp filter (libseccomp) installed in the child before it executes CMD
  * answers the calls an old kernel would refuse with the errno that kernel
@@ -29,6 +30,11 @@
  *                      other connect() proceeds untouched.
  * --kernel X.Y[.Z] turns on everything a kernel older than that lacks, e.g.
  * --kernel 3.10 (CentOS 7's) or 4.18 (RHEL 8's).
+ *
+ * --count-calls FILE counts, through the same supervisor, the calls tcpfix's
+ * close decision makes — getsockopt(TCP_INFO), ioctl(SIOCOUTQ) and
+ * ioctl(SIOCOUTQNSD), whether answered or refused — and writes them to FILE
+ * when CMD ends, as {"tcp_info":N,"siocoutq":N,"siocoutqnsd":N}.
  *
  * The filter is inherited by CMD's children. Exits with CMD's status (128+N
  * if a signal N ended it); SIGTERM and SIGINT are passed on to CMD.
@@ -80,8 +86,12 @@
 
 struct options {
     int no_port, no_range, no_close_range, no_outqnsd, no_getrandom, no_unspec, no_wipeonfork;
-    int tcp_info_len; /* 0: untouched */
+    int tcp_info_len;       /* 0: untouched */
+    const char* count_path; /* NULL: nothing counted */
 };
+
+/* What --count-calls counts. */
+static struct { unsigned long tcp_info, siocoutq, siocoutqnsd; } g_calls;
 
 static volatile sig_atomic_t g_child;
 
@@ -94,7 +104,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: oldkernel [--kernel X.Y] [--no-bind-address-no-port] [--no-local-port-range]\n"
             "                 [--no-close-range] [--no-siocoutqnsd] [--no-getrandom] [--no-wipeonfork]\n"
-            "                 [--tcp-info-len BYTES] [--no-unspec-connect] -- CMD [ARGS]\n");
+            "                 [--tcp-info-len BYTES] [--no-unspec-connect] [--count-calls FILE]\n"
+            "                 -- CMD [ARGS]\n");
     exit(125);
 }
 
@@ -106,6 +117,7 @@ static void older_than(struct options* o, const char* version) {
     if (v < 6003000) o->no_range = 1;
     if (v < 5009000) o->no_close_range = 1;
     if (v < 4014000) o->no_wipeonfork = 1;
+    if (v < 4006000) o->tcp_info_len = 144; /* up to tcpi_segs_in: no tcpi_notsent_bytes */
     if (v < 4002000) o->no_port = 1;
     if (v < 4001000) o->tcp_info_len = 104; /* struct tcp_info up to tcpi_total_retrans */
     if (v < 3017000) o->no_getrandom = 1;
@@ -135,13 +147,19 @@ static int install_filter(const struct options* o) {
         rule(ctx, SCMP_ACT_ERRNO(ENOPROTOOPT), SCMP_SYS(setsockopt), 2, SCMP_A1(SCMP_CMP_EQ, IPPROTO_IP),
              SCMP_A2(SCMP_CMP_EQ, IP_LOCAL_PORT_RANGE));
     if (o->no_close_range) rule(ctx, SCMP_ACT_ERRNO(ENOSYS), __NR_close_range, 0);
-    if (o->no_outqnsd)
+    /* Counted, the ioctls go to the supervisor, which refuses SIOCOUTQNSD itself. */
+    const int count = o->count_path != NULL;
+    if (o->no_outqnsd && !count)
         rule(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, SIOCOUTQNSD));
+    if (count) {
+        rule(ctx, SCMP_ACT_NOTIFY, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, SIOCOUTQ));
+        rule(ctx, SCMP_ACT_NOTIFY, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, SIOCOUTQNSD));
+    }
     if (o->no_getrandom) rule(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(getrandom), 0);
     if (o->no_wipeonfork)
         rule(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(madvise), 1, SCMP_A2(SCMP_CMP_EQ, MADV_WIPEONFORK));
-    int notify = o->tcp_info_len > 0 || o->no_unspec;
-    if (o->tcp_info_len > 0)
+    int notify = o->tcp_info_len > 0 || o->no_unspec || count;
+    if (o->tcp_info_len > 0 || count)
         rule(ctx, SCMP_ACT_NOTIFY, SCMP_SYS(getsockopt), 2, SCMP_A1(SCMP_CMP_EQ, IPPROTO_TCP),
              SCMP_A2(SCMP_CMP_EQ, TCP_INFO));
     if (o->no_unspec) rule(ctx, SCMP_ACT_NOTIFY, SCMP_SYS(connect), 0);
@@ -244,8 +262,23 @@ static void handle(int nfd, const struct options* o, struct seccomp_notif* req, 
     if (seccomp_notify_receive(nfd, req) != 0) return; /* the caller died meanwhile */
     memset(resp, 0, sizeof *resp);
     resp->id = req->id;
-    if (req->data.nr == SCMP_SYS(getsockopt) && o->tcp_info_len > 0) {
-        short_tcp_info(req, resp, o->tcp_info_len);
+    if (req->data.nr == SCMP_SYS(getsockopt)) { /* only TCP_INFO comes here */
+        ++g_calls.tcp_info;
+        if (o->tcp_info_len > 0)
+            short_tcp_info(req, resp, o->tcp_info_len);
+        else
+            resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    } else if (req->data.nr == SCMP_SYS(ioctl)) { /* only SIOCOUTQ and SIOCOUTQNSD come here */
+        if (req->data.args[1] == SIOCOUTQNSD) {
+            ++g_calls.siocoutqnsd;
+            if (o->no_outqnsd)
+                resp->error = -EINVAL;
+            else
+                resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        } else {
+            ++g_calls.siocoutq;
+            resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        }
     } else if (req->data.nr == SCMP_SYS(connect)) {
         sa_family_t family = AF_INET;
         if (req->data.args[2] >= sizeof family) (void)peek(req->pid, req->data.args[1], &family, sizeof family);
@@ -286,6 +319,8 @@ int main(int argc, char** argv) {
             o.no_wipeonfork = 1;
         } else if (strcmp(a, "--no-unspec-connect") == 0) {
             o.no_unspec = 1;
+        } else if (strcmp(a, "--count-calls") == 0 && i + 1 < argc) {
+            o.count_path = argv[++i];
         } else if (strcmp(a, "--tcp-info-len") == 0 && i + 1 < argc) {
             char* end;
             long n = strtol(argv[++i], &end, 10);
@@ -334,6 +369,13 @@ int main(int argc, char** argv) {
         struct pollfd p = {nfd, POLLIN, 0};
         int r = poll(&p, 1, 50);
         if (r > 0 && (p.revents & POLLIN)) handle(nfd, &o, req, resp);
+    }
+    if (o.count_path != NULL) {
+        FILE* f = fopen(o.count_path, "w");
+        if (f == NULL) die(o.count_path);
+        fprintf(f, "{\"tcp_info\":%lu,\"siocoutq\":%lu,\"siocoutqnsd\":%lu}\n", g_calls.tcp_info,
+                g_calls.siocoutq, g_calls.siocoutqnsd);
+        if (fclose(f) != 0) die(o.count_path);
     }
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);

@@ -1,5 +1,6 @@
 // The abortive-close decision (TCPFIX_CLOSE): every mode, every bookkeeping
-// flag, every TCP state, the FIN in SIOCOUTQ, and the bounded wait for ACKs.
+// flag, every TCP state, the FIN in SIOCOUTQ, the segment count of TCP_INFO
+// against the byte counts of the ioctls, and the bounded wait for ACKs.
 #include "policy/close.hpp"
 
 #include <gtest/gtest.h>
@@ -50,13 +51,25 @@ SocketBookkeeping ours_with(bool SocketBookkeeping::*flag, bool value) {
     return b;
 }
 
+// As the ioctls answer: SIOCOUTQ (unacknowledged bytes, unsent ones and a FIN
+// included) and SIOCOUTQNSD.
 SocketProbe probe(TcpState state, std::uint32_t unacked = 0, std::uint32_t unsent = 0,
                   std::uint32_t srtt_us = 50) {
     SocketProbe p;
     p.state = state;
-    p.unacked_bytes = unacked;
+    p.unacked = unacked;
+    p.unacked_in = Unacked::Bytes;
     p.unsent_bytes = unsent;
     p.srtt_us = srtt_us;
+    return p;
+}
+
+// As TCP_INFO answers on Linux 4.6+: tcpi_unacked (segments sent, not yet
+// acknowledged) and tcpi_notsent_bytes.
+SocketProbe segs(TcpState state, std::uint32_t unacked_segments = 0, std::uint32_t unsent = 0,
+                 std::uint32_t srtt_us = 50) {
+    SocketProbe p = probe(state, unacked_segments, unsent, srtt_us);
+    p.unacked_in = Unacked::Segments;
     return p;
 }
 
@@ -196,6 +209,10 @@ INSTANTIATE_TEST_SUITE_P(
         row("fin wait2 counts every byte", M::Rst, ours(), probe(S::FinWait2, 1), 0, A::WaitForAck),
 
         row("close wait", M::Rst, ours(), probe(S::CloseWait), 0, A::Passthrough),
+        row("close wait segments", M::Rst, ours(), segs(S::CloseWait, 3, 4), 0, A::Passthrough),
+        // TCP_INFO of a listener aliases tcpi_unacked to its accept backlog.
+        row("listen backlog in tcpi_unacked", M::Rst, ours(), segs(S::Listen, 5), 0,
+            A::Passthrough),
         row("close wait with unsent", M::Rst, ours(), probe(S::CloseWait, 4, 4), 0, A::Passthrough),
         row("last ack", M::Rst, ours(), probe(S::LastAck, 1), 0, A::Passthrough),
         row("closing", M::Rst, ours(), probe(S::Closing, 1), 0, A::Passthrough),
@@ -207,6 +224,122 @@ INSTANTIATE_TEST_SUITE_P(
         row("unknown", M::Rst, ours(), probe(S::Unknown), 0, A::Passthrough),
         row("out of range state", M::Rst, ours(), probe(static_cast<S>(42)), 0, A::Passthrough)),
     [](const auto& info) { return row_name(info.index, info.param.why); });
+
+// The one-call probe: TCP_INFO's segment count and unsent bytes.
+INSTANTIATE_TEST_SUITE_P(
+    TcpInfoSegments, DecideClose,
+    ::testing::Values(
+        row("established clean", M::Rst, ours(), segs(S::Established), 0, A::Rst),
+        row("established in flight waits", M::Rst, ours(), segs(S::Established, 1), 0,
+            A::WaitForAck),
+        row("established many in flight waits", M::Rst, ours(), segs(S::Established, 40), 0,
+            A::WaitForAck),
+        row("established in flight at budget", M::Rst, ours(), segs(S::Established, 1), kBudget50,
+            A::GracefulUnsent),
+        row("established acked after wait", M::Rst, ours(), segs(S::Established), 1 * kMs, A::Rst),
+        row("established unsent", M::Rst, ours(), segs(S::Established, 0, 10), 0,
+            A::GracefulUnsent),
+        row("established unsent and in flight", M::Rst, ours(), segs(S::Established, 2, 10), 0,
+            A::GracefulUnsent),
+        // A segment count cannot tell a lone FIN from data with it: as data.
+        row("fin wait1 in flight counts as data", M::Rst, ours(), segs(S::FinWait1, 1), 0,
+            A::WaitForAck),
+        row("fin wait1 in flight after budget", M::Rst, ours(), segs(S::FinWait1, 1), kBudget50,
+            A::GracefulUnsent),
+        row("fin wait1 fin unsent", M::Rst, ours(), segs(S::FinWait1, 0, 1), 0, A::GracefulUnsent),
+        row("fin wait1 data unsent", M::Rst, ours(), segs(S::FinWait1, 2, 6), 0, A::GracefulUnsent),
+        row("fin wait2 clean", M::Rst, ours(), segs(S::FinWait2), 0, A::Rst),
+        row("rst always ignores segments", M::RstAlways, ours(), segs(S::Established, 3, 9), 0,
+            A::Rst)),
+    [](const auto& info) { return row_name(info.index, info.param.why); });
+
+// When the hook must ask SIOCOUTQ after TCP_INFO: half-closed, all sent,
+// segments in flight. Nowhere else.
+TEST(NeedsUnackedBytes, OnlyAHalfClosedSocketWithSegmentsInFlight) {
+    EXPECT_TRUE(needs_unacked_bytes(segs(TcpState::FinWait1, 1)));
+    EXPECT_TRUE(needs_unacked_bytes(segs(TcpState::FinWait1, 7)));
+    EXPECT_FALSE(needs_unacked_bytes(segs(TcpState::FinWait1, 0, 1)))
+        << "the FIN is unsent: graceful";
+    EXPECT_FALSE(needs_unacked_bytes(segs(TcpState::FinWait1, 2, 5))) << "data unsent: graceful";
+    EXPECT_FALSE(needs_unacked_bytes(probe(TcpState::FinWait1, 2))) << "bytes already";
+    for (int st = 0; st <= 12; ++st) {
+        auto state = static_cast<TcpState>(st);
+        if (state == TcpState::FinWait1) continue;
+        EXPECT_FALSE(needs_unacked_bytes(segs(state, 3))) << "state " << st;
+        EXPECT_FALSE(needs_unacked_bytes(segs(state, 0))) << "state " << st;
+    }
+}
+
+TEST(NeedsUnackedBytes, UnitsAreNamedForTheLog) {
+    EXPECT_STREQ(unacked_unit(probe(TcpState::Established, 3)), "bytes");
+    EXPECT_STREQ(unacked_unit(segs(TcpState::Established, 3)), "segments");
+}
+
+// The kernel's send sequence space at close time, as both probes see it.
+struct SendSpace {
+    TcpState state;
+    std::uint32_t data_in_flight;  // data bytes sent, not yet acknowledged
+    std::uint32_t data_unsent;     // data bytes queued, not yet sent
+    bool fin_queued;               // the application half-closed (FIN_WAIT1)
+    bool fin_sent;                 // ... and the FIN went out, not yet acknowledged
+    bool fin_with_data;            // ... riding on the last data segment
+};
+
+// The three-call probe: SIOCOUTQ = write_seq - snd_una, SIOCOUTQNSD =
+// write_seq - snd_nxt (tcp_ioctl); a FIN takes one sequence number.
+SocketProbe by_ioctls(const SendSpace& k) {
+    std::uint32_t fin_unsent = k.fin_queued && !k.fin_sent ? 1 : 0;
+    std::uint32_t fin_out = k.fin_sent ? 1 : 0;
+    return probe(k.state, k.data_in_flight + fin_out + k.data_unsent + fin_unsent,
+                 k.data_unsent + fin_unsent);
+}
+
+// The one-call probe: tcpi_notsent_bytes = write_seq - snd_nxt, tcpi_unacked =
+// packets_out (one segment per 1000 bytes here; a FIN sent alone is one more).
+// Then what the hook does: SIOCOUTQ where needs_unacked_bytes() says so.
+SocketProbe by_tcp_info(const SendSpace& k) {
+    std::uint32_t fin_unsent = k.fin_queued && !k.fin_sent ? 1 : 0;
+    std::uint32_t segments = (k.data_in_flight + 999) / 1000;
+    if (k.fin_sent && (!k.fin_with_data || k.data_in_flight == 0)) ++segments;
+    SocketProbe p = segs(k.state, segments, k.data_unsent + fin_unsent);
+    if (needs_unacked_bytes(p)) p = probe(k.state, by_ioctls(k).unacked, p.unsent_bytes);
+    return p;
+}
+
+// However the bytes lie, the one-call probe decides exactly as the three calls
+// did, before the wait budget and after it, on the spot and in the background.
+TEST(OneCallProbe, DecidesAsTheIoctlsDo) {
+    int compared = 0;
+    for (TcpState state : {TcpState::Established, TcpState::FinWait1, TcpState::FinWait2})
+        for (std::uint32_t in_flight : {0u, 1u, 6u, 1000u, 1001u, 65536u})
+            for (std::uint32_t unsent : {0u, 1u, 4096u})
+                for (int fin = 0; fin < 4; ++fin) {
+                    SendSpace k{state, in_flight, unsent, false, false, false};
+                    if (state == TcpState::FinWait1) {
+                        k.fin_queued = true;
+                        k.fin_sent = fin >= 1 && unsent == 0;  // a FIN goes out after all data
+                        k.fin_with_data = fin >= 2;
+                    } else if (fin > 0) {
+                        continue;
+                    }
+                    if (state == TcpState::FinWait2 && (in_flight > 0 || unsent > 0))
+                        continue;  // all acked
+                    const SocketProbe a = by_ioctls(k), b = by_tcp_info(k);
+                    for (std::int64_t waited :
+                         {std::int64_t{0}, kBudget50 - 1, kBudget50, 300 * kMs})
+                        for (WaitBudget budget : {WaitBudget::OnTheSpot, WaitBudget::Background}) {
+                            auto da = decide_close(CloseMode::Rst, ours(), &a, waited, budget);
+                            auto db = decide_close(CloseMode::Rst, ours(), &b, waited, budget);
+                            EXPECT_EQ(da.action, db.action)
+                                << "state " << static_cast<int>(state) << ", " << in_flight
+                                << " in flight, " << unsent << " unsent, fin " << fin << ", waited "
+                                << waited << ": ioctls " << name_of(da.action) << ", TCP_INFO "
+                                << name_of(db.action);
+                            ++compared;
+                        }
+                }
+    EXPECT_GT(compared, 200);
+}
 
 // Only a close while the connection is still ours to end (ESTABLISHED, or
 // half-closed by us before the peer's FIN) avoids a TIME_WAIT by an RST.
