@@ -1146,8 +1146,8 @@ def summary_md(report: dict) -> str:
                      + (f" ≈ {t['estimate_from_instructions']:+.1%} at one instruction per cycle"
                         if "estimate_from_instructions" in t else ""))
         value = t["value"]
-        shown = "–" if value is None else (f"{value:+.1%}" if "time" in t["name"] else
-                                           f"{value:.2f}" if "times" in t["name"] else f"{value:.1f}")
+        shown = "–" if value is None else (f"{value:.2f}" if "times" in t["name"] else
+                                           f"{value:+.1%}" if "time" in t["name"] else f"{value:.1f}")
         lines.append(f"- {t['name']}, {t['config']}: {shown} (target {t['limit']}): **{verdict}**{extra}")
     lines.append("")
     pol = report.get("policies", {})
