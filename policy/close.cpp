@@ -69,7 +69,20 @@ CloseDecision decide_close(CloseMode mode, const SocketBookkeeping& book, const 
         default:
             return {CloseAction::Passthrough, "not an established connection"};
     }
-    if (probe->unsent_bytes > 0) return {CloseAction::GracefulUnsent, "data not yet sent"};
+    if (probe->unsent_bytes > 0) {
+        // A tail shorter than a segment behind data in flight is what Nagle
+        // holds back until that data is acknowledged: it leaves with the ACK,
+        // so it is waited for like the ACK (a final message written in two
+        // pieces). Anything else unsent is never waited for.
+        const bool in_flight = probe->unacked_in == Unacked::Segments ? probe->unacked > 0
+                                                                       : probe->unacked > probe->unsent_bytes;
+        const bool nagle_tail =
+            probe->state == TcpState::Established && in_flight && probe->unsent_bytes < probe->mss;
+        if (!nagle_tail) return {CloseAction::GracefulUnsent, "data not yet sent"};
+        if (waited_ns < ack_wait_budget_ns(probe->srtt_us, budget))
+            return {CloseAction::WaitForAck, "a short tail waits for the ACK of the data in flight"};
+        return {CloseAction::GracefulUnsent, "data still unsent after the wait"};
+    }
     if (unacked_data > 0) {
         if (waited_ns < ack_wait_budget_ns(probe->srtt_us, budget))
             return {CloseAction::WaitForAck, "data in flight: waiting for its ACK"};

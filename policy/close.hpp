@@ -62,6 +62,9 @@ struct SocketProbe {
     std::uint32_t unacked = 0;  // not yet acknowledged, counted as `unacked_in` says
     Unacked unacked_in = Unacked::Bytes;
     std::uint32_t srtt_us = 0;  // smoothed RTT
+    // tcpi_snd_mss: an unsent tail shorter than this, behind data in flight,
+    // is one Nagle holds until that data is acknowledged (0: unknown).
+    std::uint32_t mss = 0;
 };
 
 // "bytes" or "segments", for log lines that print SocketProbe::unacked.

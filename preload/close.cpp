@@ -85,6 +85,7 @@ bool probe_socket(int fd, policy::SocketProbe& probe) {
     if (real::getsockopt.get()(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
     probe.state = static_cast<policy::TcpState>(info.tcpi_state);
     probe.srtt_us = info.tcpi_rtt;
+    probe.mss = info.tcpi_snd_mss;
     if (len >= kTcpInfoNotsentLen) {
         // One call: tcpi_notsent_bytes is SIOCOUTQNSD (write_seq - snd_nxt),
         // and tcpi_unacked is zero exactly when everything sent is acknowledged.

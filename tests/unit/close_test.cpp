@@ -54,8 +54,9 @@ SocketBookkeeping ours_with(bool SocketBookkeeping::*flag, bool value) {
 // As the ioctls answer: SIOCOUTQ (unacknowledged bytes, unsent ones and a FIN
 // included) and SIOCOUTQNSD.
 SocketProbe probe(TcpState state, std::uint32_t unacked = 0, std::uint32_t unsent = 0,
-                  std::uint32_t srtt_us = 50) {
+                  std::uint32_t srtt_us = 50, std::uint32_t mss = 0) {
     SocketProbe p;
+    p.mss = mss;
     p.state = state;
     p.unacked = unacked;
     p.unacked_in = Unacked::Bytes;
@@ -67,8 +68,8 @@ SocketProbe probe(TcpState state, std::uint32_t unacked = 0, std::uint32_t unsen
 // As TCP_INFO answers on Linux 4.6+: tcpi_unacked (segments sent, not yet
 // acknowledged) and tcpi_notsent_bytes.
 SocketProbe segs(TcpState state, std::uint32_t unacked_segments = 0, std::uint32_t unsent = 0,
-                 std::uint32_t srtt_us = 50) {
-    SocketProbe p = probe(state, unacked_segments, unsent, srtt_us);
+                 std::uint32_t srtt_us = 50, std::uint32_t mss = 0) {
+    SocketProbe p = probe(state, unacked_segments, unsent, srtt_us, mss);
     p.unacked_in = Unacked::Segments;
     return p;
 }
@@ -182,6 +183,18 @@ INSTANTIATE_TEST_SUITE_P(
             A::GracefulUnsent),
         row("established unsent never waits", M::Rst, ours(), probe(S::Established, 10, 4), 0,
             A::GracefulUnsent),
+        row("established unsent a full segment never waits", M::Rst, ours(),
+            probe(S::Established, 3000, 1000, 50, 1000), 0, A::GracefulUnsent),
+        row("established unsent nothing in flight never waits", M::Rst, ours(),
+            probe(S::Established, 4, 4, 50, 1000), 0, A::GracefulUnsent),
+        row("established nagle tail waits", M::Rst, ours(), probe(S::Established, 10, 4, 50, 1000), 0,
+            A::WaitForAck),
+        row("established nagle tail just inside budget", M::Rst, ours(),
+            probe(S::Established, 10, 4, 50, 1000), kBudget50 - 1, A::WaitForAck),
+        row("established nagle tail at budget", M::Rst, ours(), probe(S::Established, 10, 4, 50, 1000),
+            kBudget50, A::GracefulUnsent),
+        row("fin wait1 tail never waits", M::Rst, ours(), probe(S::FinWait1, 10, 5, 50, 1000), 0,
+            A::GracefulUnsent),
         row("established unacked waits", M::Rst, ours(), probe(S::Established, 5), 0,
             A::WaitForAck),
         row("established unacked just inside budget", M::Rst, ours(), probe(S::Established, 5),
@@ -241,6 +254,12 @@ INSTANTIATE_TEST_SUITE_P(
             A::GracefulUnsent),
         row("established unsent and in flight", M::Rst, ours(), segs(S::Established, 2, 10), 0,
             A::GracefulUnsent),
+        row("established nagle tail waits", M::Rst, ours(), segs(S::Established, 1, 5, 50, 65483), 0,
+            A::WaitForAck),
+        row("established nagle tail at budget", M::Rst, ours(), segs(S::Established, 1, 5, 50, 65483),
+            kBudget50, A::GracefulUnsent),
+        row("established tail with nothing in flight", M::Rst, ours(), segs(S::Established, 0, 5, 50, 65483),
+            0, A::GracefulUnsent),
         // A segment count cannot tell a lone FIN from data with it: as data.
         row("fin wait1 in flight counts as data", M::Rst, ours(), segs(S::FinWait1, 1), 0,
             A::WaitForAck),
