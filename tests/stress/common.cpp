@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -130,25 +131,36 @@ std::vector<std::string> sanitizer_log_prefixes() {
 
 }  // namespace
 
+// Reads /proc/self/fd with raw system calls, not opendir(): the soak samples
+// it while the workers run, and the workers close some descriptors with
+// syscall(SYS_close) and close_range(), which ThreadSanitizer's descriptor
+// model does not see; a directory descriptor reusing such a number then
+// reads as a race between this thread and the worker (seen once in CI).
 std::set<int> open_fds() {
     static const std::vector<std::string> ignored = sanitizer_log_prefixes();
     std::set<int> out;
-    DIR* d = opendir("/proc/self/fd");
-    if (d == nullptr) return out;
-    int own = dirfd(d);
-    while (dirent* e = readdir(d)) {
-        if (e->d_name[0] == '.') continue;
-        int fd = atoi(e->d_name);
-        if (fd == own) continue;
-        if (!ignored.empty()) {
-            std::string target = describe_fd(fd);
-            bool skip = false;
-            for (const auto& prefix : ignored) skip |= target.rfind(prefix, 0) == 0;
-            if (skip) continue;
+    long dir = syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return out;
+    alignas(8) char buf[4096];
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (n <= 0) break;
+        for (long at = 0; at < n;) {
+            const auto* e = reinterpret_cast<const dirent64*>(buf + at);
+            at += e->d_reclen;
+            if (e->d_name[0] == '.') continue;
+            int fd = atoi(e->d_name);
+            if (fd == dir) continue;
+            if (!ignored.empty()) {
+                std::string target = describe_fd(fd);
+                bool skip = false;
+                for (const auto& prefix : ignored) skip |= target.rfind(prefix, 0) == 0;
+                if (skip) continue;
+            }
+            out.insert(fd);
         }
-        out.insert(fd);
     }
-    closedir(d);
+    syscall(SYS_close, dir);
     return out;
 }
 
