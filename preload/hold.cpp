@@ -197,12 +197,16 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
 void publish(int place) {
     Place& p = g_places[place];
     std::uint32_t word = p.word.load(std::memory_order_relaxed);
-    p.next_ns.store(p.held_ns + kFirstLookNs, std::memory_order_relaxed);
+    // Once published, the place is the background thread's: it may decide,
+    // free it and see it claimed again before this thread goes on, so
+    // nothing of the place is read after the store below.
+    const std::int64_t first_look = p.held_ns + kFirstLookNs;
+    p.next_ns.store(first_look, std::memory_order_relaxed);
     p.word.store(with_state(word, kHeld), std::memory_order_release);
     auto& counters = runtime::counters();
     policy::bump(counters.closes_held);
     policy::raise_to(counters.closes_held_max, static_cast<std::uint64_t>(g_held.load(std::memory_order_relaxed)));
-    connect_policy::wake_timer_unless_due_by(p.held_ns + kFirstLookNs + kMaxStepNs);
+    connect_policy::wake_timer_unless_due_by(first_look + kMaxStepNs);
 }
 
 void cancel(int place) {
@@ -252,11 +256,12 @@ void forget_fd(int fd) {
                 continue;
             }
             if (p.word.compare_exchange_strong(word, with_state(word, kDeciding), std::memory_order_acq_rel)) {
+                const policy::Endpoint dest = p.dest;  // the place is another close's once freed
                 free_place(p, with_state(word, kDeciding));
                 log::at(policy::LogLevel::Info,
                         "the application closed fd {}, which tcpfix held for a socket to {}; that socket "
                         "closes normally",
-                        fd, p.dest);
+                        fd, dest);
                 return;
             }
         }
