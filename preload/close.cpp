@@ -44,9 +44,8 @@ int close_taken(int fd, std::uint32_t index) {
     } else if (index != 0) {
         const policy::Config& config = runtime::config();
         CloseApplied applied;
-        if (config.close == policy::CloseMode::Keep && !config.reconnect_backoff &&
-            (fdtable::slot(index).flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0)
-            policy::bump(runtime::counters().closes);  // nothing to decide: what apply_close_policy would do
+        if (close_only_counts(config, fdtable::slot(index)))
+            policy::bump(runtime::counters().closes);
         else
             applied = apply_close_policy(fd, index, hold::Origin::Close);
         fdtable::wait_not_busy(index);

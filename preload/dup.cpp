@@ -67,10 +67,14 @@ int do_dup3(int from, int to, int flags, bool is_dup2) {
     CloseApplied applied;
     if (replaced == fdtable::kOwned)
         hold::forget_fd(to);
+    else if (replaced != 0 && close_only_counts(runtime::config(), fdtable::slot(replaced)))
+        policy::bump(runtime::counters().closes);
     else if (replaced != 0 && (!may_act(replaced) || will_replace(from, flags, is_dup2)))
         applied = apply_close_policy(to, replaced, hold::Origin::Dup2);
     fdtable::wait_not_busy(replaced);
-    int r = is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
+    // The result goes back to the application: a failure's errno is its own.
+    int r = is_dup2 ? runtime::call_direct(real::dup2.get(), from, to)
+                    : runtime::call_direct(real::dup3.get(), from, to, flags);
     if (r < 0) {
         undo(to, applied);
         fdtable::restore(to, replaced);

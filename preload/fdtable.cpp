@@ -9,6 +9,8 @@ namespace tcpfix::fdtable {
 namespace detail {
 std::atomic<std::atomic<std::uint32_t>*> g_chunks[kMaxChunks];
 std::atomic<Slot*> g_slot_chunks[kMaxSlotChunks];
+std::atomic<std::uint32_t> g_fork_epoch{0};
+std::atomic<std::uint32_t> g_spawn_epoch{0};
 }
 
 namespace {
@@ -75,9 +77,6 @@ private:
 Pool<Slot, &Slot::aux, kSlotChunkBits, kMaxSlotChunks> g_slots(detail::g_slot_chunks);
 std::atomic<SavedOption*> g_option_chunks[1024];
 Pool<SavedOption, &SavedOption::next, 10, 1024> g_options(g_option_chunks);  // up to ~1 million saved options
-
-std::atomic<std::uint32_t> g_fork_epoch{0};
-std::atomic<std::uint32_t> g_spawn_epoch{0};
 
 // The chunk holding fd's entry, mapped on first use; nullptr if out of range or memory.
 std::atomic<std::uint32_t>* chunk_for(int fd, bool create) {
@@ -186,12 +185,8 @@ void detail::clear_slow(int fd) { install(fd, 0); }
 void restore(int fd, std::uint32_t index) { install(fd, index); }
 
 
-std::uint32_t fork_epoch() { return g_fork_epoch.load(std::memory_order_acquire); }
+void bump_fork_epoch() { detail::g_fork_epoch.fetch_add(1, std::memory_order_acq_rel); }
 
-void bump_fork_epoch() { g_fork_epoch.fetch_add(1, std::memory_order_acq_rel); }
-
-std::uint32_t spawn_epoch() { return g_spawn_epoch.load(std::memory_order_acquire); }
-
-void bump_spawn_epoch() { g_spawn_epoch.fetch_add(1, std::memory_order_acq_rel); }
+void bump_spawn_epoch() { detail::g_spawn_epoch.fetch_add(1, std::memory_order_acq_rel); }
 
 }  // namespace tcpfix::fdtable

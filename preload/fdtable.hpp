@@ -111,6 +111,8 @@ constexpr unsigned kMaxSlotChunks = 4096;  // up to ~4 million live sockets
 namespace detail {
 extern std::atomic<std::atomic<std::uint32_t>*> g_chunks[kMaxChunks];
 extern std::atomic<Slot*> g_slot_chunks[kMaxSlotChunks];
+extern std::atomic<std::uint32_t> g_fork_epoch;
+extern std::atomic<std::uint32_t> g_spawn_epoch;
 void free_slot(std::uint32_t index);
 void clear_slow(int fd);
 }
@@ -187,14 +189,14 @@ inline void release(std::uint32_t index) {
 
 // The current fork epoch; a socket made in an earlier epoch may be shared with
 // another process.
-std::uint32_t fork_epoch();
+inline std::uint32_t fork_epoch() { return detail::g_fork_epoch.load(std::memory_order_acquire); }
 void bump_fork_epoch();
 
 // The spawn epoch: bumped whenever this process starts a program in a child
 // without fork() handlers running (posix_spawn, system, popen, vfork + exec).
 // A socket made in an earlier spawn epoch and lacking FD_CLOEXEC may be held
 // by that program.
-std::uint32_t spawn_epoch();
+inline std::uint32_t spawn_epoch() { return detail::g_spawn_epoch.load(std::memory_order_acquire); }
 void bump_spawn_epoch();
 
 const SavedOption& option(std::uint32_t index);

@@ -28,6 +28,9 @@
 #include "preload/runtime.hpp"
 
 namespace tcpfix::hold {
+
+std::atomic<bool> detail::g_thread_wanted{false};
+
 namespace {
 
 using runtime::call_errno;
@@ -61,7 +64,7 @@ Place g_places[kPlaces];
 std::atomic<int> g_high_water{0};  // places at or above are untouched
 std::atomic<int> g_held{0};        // places not free
 std::atomic<bool> g_stopped{false};
-std::atomic<bool> g_thread_wanted{false};
+using detail::g_thread_wanted;
 
 bool unchanged(const Place& p, std::uint32_t word) {
     std::atomic_thread_fence(std::memory_order_acquire);
@@ -268,7 +271,6 @@ void forget_fd(int fd) {
     }
 }
 
-bool thread_wanted() { return g_thread_wanted.load(std::memory_order_relaxed); }
 
 void stop_holding() { g_stopped.store(true, std::memory_order_release); }
 

@@ -15,12 +15,17 @@
 // spot, as before.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "policy/close.hpp"
 #include "preload/fdtable.hpp"
 
 namespace tcpfix::hold {
+
+namespace detail {
+extern std::atomic<bool> g_thread_wanted;
+}
 
 // How the application let go of the socket (for the stats).
 enum class Origin : std::uint8_t { Close, Dup2 };
@@ -37,7 +42,7 @@ int claim(int fd, const fdtable::Slot& s, const policy::SocketProbe& probe, Orig
 // the next matched connect() starts it. Until then no thread exists for this
 // (a second thread makes every glibc cancellation point — read, write,
 // close, connect — take its multi-threaded path, ~50 instructions a call).
-bool thread_wanted();
+inline bool thread_wanted() { return detail::g_thread_wanted.load(std::memory_order_relaxed); }
 
 // Hands a claimed place to the background thread; call once the
 // application's descriptor is gone.

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "policy/close.hpp"
+#include "policy/config.hpp"
 #include "preload/fdtable.hpp"
 #include "preload/hold.hpp"
 
@@ -38,6 +39,14 @@ struct CloseApplied {
 // Applies TCPFIX_CLOSE to a socket about to be closed or replaced; `index`
 // is the slot just taken out of the table for fd (the caller releases it).
 CloseApplied apply_close_policy(int fd, std::uint32_t index, hold::Origin origin);
+
+// True when apply_close_policy() would only count the close: TCPFIX_CLOSE=keep,
+// no reconnect backoff to learn from it, no connect deadline to disarm. The
+// caller then bumps counters().closes itself and skips the rest.
+inline bool close_only_counts(const policy::Config& config, const fdtable::Slot& s) {
+    return config.close == policy::CloseMode::Keep && !config.reconnect_backoff &&
+           (s.flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0;
+}
 
 // What the table knows of the socket, for policy::decide_close().
 policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags);

@@ -22,11 +22,14 @@
 #include "preload/runtime.hpp"
 
 namespace tcpfix::stats_file {
+
+std::atomic<bool> detail::g_enabled{false};
+
 namespace {
 
 constexpr std::int64_t kRefreshNs = 2'000'000'000;
 
-std::atomic<bool> g_enabled{false};
+using detail::g_enabled;
 std::atomic<bool> g_writing{false};
 std::atomic<std::int64_t> g_last_write_ns{0};
 std::atomic<std::uint64_t> g_activity_written{0};  // connects + closes as of the last write
@@ -186,8 +189,7 @@ void after_fork_in_child() {
     expand_path();
 }
 
-void maybe_refresh() {
-    if (!g_enabled.load(std::memory_order_relaxed)) return;
+void detail::refresh_if_due() {
     std::int64_t now = runtime::now_ns();
     if (now - g_last_write_ns.load(std::memory_order_relaxed) < kRefreshNs) return;
     write_locked();
