@@ -3,7 +3,7 @@
  * connection-per-request client makes them (blocking socket, connect,
  * close), counted so a benchmark can read rates and latencies.
  *
- * usage: connload rate    HOST PORT -d DURATION_MS [-r]
+ * usage: connload rate    HOST PORT -d DURATION_MS [-r [-i]]
  *        connload latency HOST PORT -d DURATION_MS -t THREADS -p PER_THREAD_HZ
  *                         [-g GRACE_MS] [-r]
  *
@@ -17,6 +17,9 @@
  *            the time they had waited so far
  *   -r       close with SO_LINGER {1,0} (an RST, no TIME_WAIT), as a
  *            hand-patched prober does; default: a normal close
+ *   -i       with -r: ask getsockopt(TCP_INFO) first, as TCPFIX_CLOSE=rst
+ *            does to learn that nothing is unsent or unacknowledged (the
+ *            kernel's share of what a safe RST costs)
  *
  * HOST is an IPv4 literal. Prints one JSON line:
  *   rate:    {"mode":"rate","elapsed_ms":..,"attempts":..,"ok":..,
@@ -34,6 +37,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -49,6 +53,7 @@ enum { MAX_SECONDS = 3600, MAX_THREADS = 256, MAX_ERRNO = 4096 };
 
 static struct sockaddr_in g_dest;
 static int g_rst;
+static int g_rst_probe;
 
 static long long now_ns(void) {
     struct timespec ts;
@@ -81,6 +86,11 @@ static int attempt(void) {
     int err = 0;
     if (connect(fd, (struct sockaddr *)&g_dest, sizeof g_dest) != 0) err = errno;
     if (err == 0 && g_rst) {
+        if (g_rst_probe) {
+            struct tcp_info info;
+            socklen_t len = sizeof info;
+            if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) err = errno;
+        }
         struct linger l = {1, 0};
         (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
     }
@@ -270,7 +280,7 @@ static int run_latency(long duration_ms, long threads, long hz, long grace_ms) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: connload rate HOST PORT -d MS [-r]\n"
+        fprintf(stderr, "usage: connload rate HOST PORT -d MS [-r [-i]]\n"
                         "       connload latency HOST PORT -d MS -t THREADS -p HZ [-g MS] [-r]\n");
         return 64;
     }
@@ -285,13 +295,14 @@ int main(int argc, char **argv) {
     long duration_ms = 5000, threads = 1, hz = 10, grace_ms = 4000;
     int opt;
     optind = 4;
-    while ((opt = getopt(argc, argv, "d:t:p:g:r")) != -1) {
+    while ((opt = getopt(argc, argv, "d:t:p:g:ri")) != -1) {
         switch (opt) {
             case 'd': duration_ms = parse_long(optarg, "duration", 1, MAX_SECONDS * 1000L); break;
             case 't': threads = parse_long(optarg, "threads", 1, MAX_THREADS); break;
             case 'p': hz = parse_long(optarg, "rate per thread", 1, 100000); break;
             case 'g': grace_ms = parse_long(optarg, "grace", 0, 600000); break;
             case 'r': g_rst = 1; break;
+            case 'i': g_rst_probe = 1; break;
             default: return 64;
         }
     }

@@ -106,12 +106,16 @@ def test_policy_sections_have_their_arms(quick_report):
     report, _ = quick_report
     pol = report["policies"]
     rate = pol["short_connections"]
-    assert set(rate["arms"]) == {"baseline", "close_rst", "raw", "source_addrs_1", "source_addrs_2",
-                                 "source_addrs_4"}
+    assert set(rate["arms"]) == {"baseline", "close_rst", "raw", "raw_probed", "source_addrs_1",
+                                 "source_addrs_2", "source_addrs_4"}
     for arm, a in rate["arms"].items():
         check_summary(a["ok_per_s_window"], f"rate {arm}")
         check_summary(a["ok_per_s_steady"], f"rate {arm} steady")
-    assert set(rate["ratios"]) >= {"close_rst_vs_raw", "close_rst_vs_baseline", "source_addrs_4_vs_1"}
+    assert set(rate["ratios"]) >= {"close_rst_vs_raw", "close_rst_vs_raw_probed", "raw_probed_vs_raw",
+                                   "close_rst_vs_baseline", "source_addrs_4_vs_1"}
+    # The probed arm made its connections with the RST (no TIME_WAIT to stop it).
+    assert rate["arms"]["raw_probed"]["ok_per_s_window"]["median"] > 0
+    assert rate["arms"]["raw_probed"]["long_run_bound_per_s"] is None
 
     syn = pol["syn_loss"]
     assert set(syn["levels"]) == {"loss_10", "loss_20"}
