@@ -152,7 +152,7 @@ def plan(quick: bool) -> dict:
                  "connect_close": (200, 1200), "dup2_socket": (500, 3000),
                  "dup2_file": (500, 3000)},
         "cg_configs": ["none", *PRELOADED],
-        "rate_rounds": 2, "rate_window_s": 10,
+        "rate_rounds": 3, "rate_window_s": 10,
         "syn_rounds": 3, "syn_duration_s": 4, "syn_threads": 32, "syn_hz": 20, "syn_grace_s": 3.5,
         "storm_rounds": 2, "storm_duration_s": 6,
         "mem_rounds": 3, "mem_sockets": None,  # None: as many as the descriptor limit allows
