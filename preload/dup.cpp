@@ -60,6 +60,17 @@ int do_dup(int fd) {
 
 int do_dup3(int from, int to, int flags, bool is_dup2) {
     if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
+    // The common case of dup2 on sockets: `to` holds a copy of the socket
+    // `from` refers to, so its close is not the socket's last and the table
+    // already says what it will say after the call. Only the close counts.
+    const std::uint32_t held = fdtable::lookup(to);
+    if (held != 0 && held != fdtable::kOwned && held == fdtable::lookup(from) &&
+        copy_close_only_counts(runtime::config(), fdtable::slot(held))) {
+        int r = is_dup2 ? runtime::call_direct(real::dup2.get(), from, to)
+                        : runtime::call_direct(real::dup3.get(), from, to, flags);
+        if (r >= 0) policy::bump(runtime::counters().closes);
+        return r;
+    }
     // `to` is closed by the call: take it out of the table first, and apply
     // TCPFIX_CLOSE as close() would (the JDK's sockets end this way: a marker
     // descriptor dup2'ed over the socket, then closed).

@@ -48,6 +48,16 @@ inline bool close_only_counts(const policy::Config& config, const fdtable::Slot&
            (s.flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0;
 }
 
+// True when a descriptor that is not the socket's last (another one refers
+// to the same slot) would only be counted as closed: TCPFIX_CLOSE=keep or
+// rst (rst-always resets even a shared socket), no reconnect backoff, no
+// connect deadline armed, and no debug log to write about it.
+inline bool copy_close_only_counts(const policy::Config& config, const fdtable::Slot& s) {
+    return config.close != policy::CloseMode::RstAlways && !config.reconnect_backoff &&
+           config.log < policy::LogLevel::Debug &&
+           (s.flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0;
+}
+
 // What the table knows of the socket, for policy::decide_close().
 policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags);
 

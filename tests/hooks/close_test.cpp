@@ -121,6 +121,20 @@ TEST_F(Rst, Dup3OverATrackedSocketAppliesThePolicyAndForgetsIt) {
     close(s);
 }
 
+TEST_F(Rst, Dup2OfASocketOverItsOwnCopyKeepsBothTracked) {
+    auto [c, s] = listener.connect_pair();
+    int copy = dup(c);
+    ASSERT_GE(copy, 0);
+    ASSERT_EQ(dup2(c, copy), copy);
+    ASSERT_EQ(dup3(copy, c, O_CLOEXEC), c);
+    // Two descriptors of one socket still: the first close is not its last.
+    ASSERT_EQ(close(c), 0);
+    EXPECT_ENDING(read_until_end(s, 100), Ending::StillOpen);
+    ASSERT_EQ(close(copy), 0);
+    EXPECT_ENDING(read_until_end(s), Ending::Rst);
+    close(s);
+}
+
 TEST_F(Rst, Dup2OntoItselfChangesNothing) {
     auto [c, s] = listener.connect_pair();
     ASSERT_EQ(dup2(c, c), c);

@@ -49,6 +49,10 @@ CASES = [
     ("dup-close-orig", ["-m", "dup3"], {"A": (5, "ALIVE", RST)}, 0),
     ("dup-close-orig", ["-m", "fcntl-dupfd"], {"A": (5, "ALIVE", RST)}, 0),
     ("dup-close-orig", ["-m", "fcntl-dupfd-cloexec"], {"A": (5, "ALIVE", RST)}, 0),
+    # dup2/dup3 of a socket over its own copy: the replaced descriptor is not
+    # the socket's last, so its implicit close only counts.
+    ("dup-close-orig", ["-m", "dup2-over-copy"], {"A": (5, "ALIVE", RST)}, 0),
+    ("dup-close-orig", ["-m", "dup3-over-copy"], {"A": (5, "ALIVE", RST)}, 0),
     # dup2/dup3 over a tracked socket closes that socket implicitly; the
     # library applies TCPFIX_CLOSE to it as close() would (the JDK ends its
     # sockets this way), so it ends with RST and leaves no TIME_WAIT, while
@@ -93,6 +97,10 @@ def test_scenario_under_rst(ns, lib, program, stats_dir, case):
         assert st["closes_graceful_shared"] >= 1, st
     want_rst = sum(1 for _, _, end in want.values() if end == RST)
     assert st["closes_rst"] == want_rst, st
+    if scenario == "dup-close-orig":
+        # close(A), close(D), and the copy replaced by dup2/dup3 over it.
+        assert st["closes"] == (3 if args[-1].endswith("-over-copy") else 2), st
+        assert st["closes_rst_dup2"] == 0, st
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

@@ -10,7 +10,9 @@
  *
  * TCP scenarios (HOST PORT of a sink):
  *   dup-close-orig     A; D = dup(A) (or -m dup2|dup3|fcntl-dupfd|
- *                      fcntl-dupfd-cloexec); close(A); pause; write "ALIVE"
+ *                      fcntl-dupfd-cloexec, or dup2-over-copy|dup3-over-copy:
+ *                      D = dup(A), then dup2/dup3(A, D) over that copy);
+ *                      close(A); pause; write "ALIVE"
  *                      (or -b BYTES of payload) through D; close(D).
  *                      Peer: the data, then the end only at close(D).
  *   dup2-sock-over-sock A, B; dup2(A, B) (B's connection is closed by it);
@@ -236,7 +238,12 @@ static void sc_dup_close_orig(void) {
         d = dup2(a, 40);
     else if (strcmp(method_arg, "dup3") == 0)
         d = dup3(a, 41, O_CLOEXEC);
-    else if (strcmp(method_arg, "fcntl-dupfd") == 0)
+    else if (strcmp(method_arg, "dup2-over-copy") == 0 || strcmp(method_arg, "dup3-over-copy") == 0) {
+        /* D already a copy of A: dup2/dup3 replaces one copy by another. */
+        d = dup(a);
+        int r = method_arg[3] == '2' ? dup2(a, d) : dup3(a, d, O_CLOEXEC);
+        check(r == d, "dup_over_copy", "\"rc\":%d,\"errno\":\"%s\"", r, r == d ? "0" : errno_name(errno));
+    } else if (strcmp(method_arg, "fcntl-dupfd") == 0)
         d = fcntl(a, F_DUPFD, 50);
     else if (strcmp(method_arg, "fcntl-dupfd-cloexec") == 0)
         d = fcntl(a, F_DUPFD_CLOEXEC, 60);
@@ -245,7 +252,8 @@ static void sc_dup_close_orig(void) {
         exit(64);
     }
     check(d >= 0 && d != a, "dup", "\"method\":\"%s\",\"fd\":%d", method_arg, d);
-    if (strcmp(method_arg, "dup3") == 0 || strcmp(method_arg, "fcntl-dupfd-cloexec") == 0)
+    if (strcmp(method_arg, "dup3") == 0 || strcmp(method_arg, "dup3-over-copy") == 0 ||
+        strcmp(method_arg, "fcntl-dupfd-cloexec") == 0)
         check((fcntl(d, F_GETFD) & FD_CLOEXEC) != 0, "cloexec_set", NULL);
     close_ok(a, "close_original");
     msleep(150);
