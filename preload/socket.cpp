@@ -12,7 +12,11 @@ namespace tcpfix::hooks {
 
 using runtime::call_errno;
 
-int do_socket(int domain, int type, int protocol) {
+namespace {
+
+// The bodies, inlined into the exported functions (the hot path of every
+// connection) and into the out-of-line do_* that syscall() uses.
+__attribute__((always_inline)) inline int socket_body(int domain, int type, int protocol) {
     int fd = runtime::call_direct(real::socket.get(), domain, type, protocol);
     if (fd < 0) return fd;
     bool tcp = (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
@@ -22,11 +26,20 @@ int do_socket(int domain, int type, int protocol) {
     return fd;
 }
 
-int do_accept4(int fd, sockaddr* addr, socklen_t* len, int flags, bool plain_accept) {
+__attribute__((always_inline)) inline int accept_body(int fd, sockaddr* addr, socklen_t* len, int flags,
+                                                      bool plain_accept) {
     int conn = plain_accept ? runtime::call_direct(real::accept.get(), fd, addr, len)
                             : runtime::call_direct(real::accept4.get(), fd, addr, len, flags);
     if (conn >= 0) fdtable::clear(conn);
     return conn;
+}
+
+}  // namespace
+
+int do_socket(int domain, int type, int protocol) { return socket_body(domain, type, protocol); }
+
+int do_accept4(int fd, sockaddr* addr, socklen_t* len, int flags, bool plain_accept) {
+    return accept_body(fd, addr, len, flags, plain_accept);
 }
 
 }  // namespace tcpfix::hooks
@@ -36,17 +49,17 @@ using namespace tcpfix;
 // Returns the new descriptor, or -1 with errno as libc sets it.
 extern "C" __attribute__((visibility("default"))) int socket(int domain, int type, int protocol) noexcept {
     if (!runtime::active()) return real::socket.get()(domain, type, protocol);
-    return runtime::to_c(hooks::do_socket(domain, type, protocol));
+    return runtime::to_c(hooks::socket_body(domain, type, protocol));
 }
 
 // Returns the accepted descriptor, or -1 with errno as libc sets it.
 extern "C" __attribute__((visibility("default"))) int accept(int fd, sockaddr* addr, socklen_t* len) {
     if (!runtime::active()) return real::accept.get()(fd, addr, len);
-    return runtime::to_c(hooks::do_accept4(fd, addr, len, 0, true));
+    return runtime::to_c(hooks::accept_body(fd, addr, len, 0, true));
 }
 
 // Returns the accepted descriptor, or -1 with errno as libc sets it.
 extern "C" __attribute__((visibility("default"))) int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) {
     if (!runtime::active()) return real::accept4.get()(fd, addr, len, flags);
-    return runtime::to_c(hooks::do_accept4(fd, addr, len, flags, false));
+    return runtime::to_c(hooks::accept_body(fd, addr, len, flags, false));
 }
