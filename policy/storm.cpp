@@ -56,6 +56,7 @@ void DestinationState::reset() {
     consecutive_failures.store(0, std::memory_order_relaxed);
     backoff_next_ns.store(0, std::memory_order_relaxed);
     next_rate_slot_ns.store(0, std::memory_order_relaxed);
+    shared.store(nullptr, std::memory_order_relaxed);
 }
 
 void Destinations::reset() {

@@ -12,6 +12,10 @@
 
 namespace tcpfix::policy {
 
+namespace share {
+struct Entry;
+}
+
 // What tcpfix keeps per destination. Lock-free: a signal handler may connect.
 struct DestinationState {
     std::atomic<std::uint64_t> connects{0};
@@ -22,6 +26,9 @@ struct DestinationState {
     std::atomic<std::uint32_t> consecutive_failures{0};
     std::atomic<std::int64_t> backoff_next_ns{0};  // while failing: the next connect's earliest start
     std::atomic<std::int64_t> next_rate_slot_ns{0};  // TCPFIX_CONNECT_RATE's schedule
+    // Its entry in the TCPFIX_SHARE segment once looked up there (a share's
+    // entries never move or change their key); never set on the "other" state.
+    std::atomic<share::Entry*> shared{nullptr};
 
     void reset();
 };
@@ -50,6 +57,9 @@ public:
     }
 
     void reset();
+
+    // Whether d is the one state every destination past the table's size shares.
+    bool is_other(const DestinationState& d) const { return &d == &other_; }
 
 private:
     struct Entry {

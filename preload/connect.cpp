@@ -137,14 +137,15 @@ int do_connect(int fd, const sockaddr* addr, socklen_t len) {
     auto& counters = runtime::counters();
     if (counters.connects.load(std::memory_order_relaxed) == 0) stats_file::start_refresher();
     policy::bump(counters.connects);
-    policy::bump(counters.destinations.get(*dest).connects);
+    policy::DestinationState& d = counters.destinations.get(*dest);
+    policy::bump(d.connects);
     if (matched) policy::bump(counters.connects_matched);
     // A close found its ACK due and had no thread to hand the socket to:
     // start it here, never in a close() (which a signal handler may call).
     if (matched && hold::thread_wanted()) connect_policy::start_timer();
 
     int r = 0;
-    if (matched && storm::wanted(runtime::config())) r = storm::before_connect(fd, s);  // restarts connect_start_ns if it waited
+    if (matched && storm::wanted(runtime::config())) r = storm::before_connect(fd, s, d);  // restarts connect_start_ns if it waited
     if (r == 0)
         r = matched && has_connect_policy(runtime::config()) ? connect_matched(fd, index, s, addr, len, *dest)
                                                              : runtime::call_direct(real::connect.get(), fd, addr, len);

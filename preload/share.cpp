@@ -286,6 +286,13 @@ policy::share::Entry* entry_slow(const policy::Endpoint& dest) {
     return e;
 }
 
+policy::share::Entry* entry_remembered(const policy::Endpoint& dest, policy::DestinationState& local) {
+    ps::Entry* e = entry_slow(dest);
+    if (e != nullptr && !runtime::counters().destinations.is_other(local))
+        local.shared.store(e, std::memory_order_release);
+    return e;
+}
+
 }  // namespace detail
 
 void init(const policy::Config& config, bool secure) {

@@ -10,12 +10,14 @@
 #include "policy/config.hpp"
 #include "policy/net.hpp"
 #include "policy/share.hpp"
+#include "policy/storm.hpp"
 
 namespace tcpfix::share {
 
 namespace detail {
 extern std::atomic<int> g_state;  // 0: no share asked for (or given up on)
 policy::share::Entry* entry_slow(const policy::Endpoint& dest);
+policy::share::Entry* entry_remembered(const policy::Endpoint& dest, policy::DestinationState& local);
 }  // namespace detail
 
 // Records TCPFIX_SHARE; nothing is opened until the first matched connect
@@ -23,16 +25,20 @@ policy::share::Entry* entry_slow(const policy::Endpoint& dest);
 // A set-user-ID process ignores the share, with one warning.
 void init(const policy::Config& config, bool secure);
 
+// Whether TCPFIX_SHARE names a share this process may use (attached or not yet).
+inline bool in_use() { return detail::g_state.load(std::memory_order_relaxed) != 0; }
+
 // The common state of a matched destination: attaches on first use, and
 // claims this process's slot after a fork. nullptr when there is no share,
 // it could not be trusted (one warning, then the process paces on its own),
 // or its table is full (one warning; this destination is paced per process).
-// Whether TCPFIX_SHARE names a share this process may use (attached or not yet).
-inline bool in_use() { return detail::g_state.load(std::memory_order_relaxed) != 0; }
-
-inline policy::share::Entry* entry(const policy::Endpoint& dest) {
+// Looked up in the segment once per destination, then remembered in its
+// local state `local` (a forked child forgets it with the rest of its
+// counters, and claims its own process slot on the next lookup).
+inline policy::share::Entry* entry(const policy::Endpoint& dest, policy::DestinationState& local) {
     if (__builtin_expect(detail::g_state.load(std::memory_order_relaxed) == 0, 1)) return nullptr;
-    return detail::entry_slow(dest);
+    if (policy::share::Entry* e = local.shared.load(std::memory_order_acquire)) return e;
+    return detail::entry_remembered(dest, local);
 }
 
 // Counts a thread of this process as waiting for `e` (for `tcpfix top`):

@@ -135,7 +135,7 @@ void scan_one(int fd, std::uint32_t index, std::int64_t now, bool judging, bool 
         policy::ConnectionUse use;
         if (read_use(fd, s, now, use)) {
             policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
-            policy::share::Entry* shared = share::entry(s.dest());
+            policy::share::Entry* shared = share::entry(s.dest(), d);
             if (judge && policy::looks_abandoned(use)) {
                 s.flags.fetch_or(fdtable::kJudged | fdtable::kAbandoned, std::memory_order_acq_rel);
                 policy::bump(d.leaks);
@@ -280,9 +280,9 @@ std::int64_t on_timer(std::int64_t now) {
     return g_last_reap_ns.load(std::memory_order_relaxed) + scan_interval_ns();
 }
 
-int before_connect(int fd, fdtable::Slot& s) {
+int before_connect(int fd, fdtable::Slot& s, policy::DestinationState& d) {
     const policy::Config& config = runtime::config();
-    policy::share::Entry* shared = share::entry(s.dest());
+    policy::share::Entry* shared = share::entry(s.dest(), d);
     if (shared != nullptr) shared->connects.fetch_add(1, std::memory_order_relaxed);
     if (!enabled() && !config.connect_rate_per_s) return 0;
     std::int64_t now = runtime::now_ns();
@@ -291,7 +291,6 @@ int before_connect(int fd, fdtable::Slot& s) {
         scan(now);
     }
     if (shared != nullptr) return pace_shared(fd, s, *shared, now);
-    policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
     std::int64_t until = now;
     if (config.reconnect_backoff)
         until += policy::reserve_backoff_slot(d, *config.reconnect_backoff, now, random01());
@@ -315,7 +314,7 @@ void after_failure(const fdtable::Slot& s) {
     else
         policy::bump(d.failures);  // counted for the stats all the same
     if (!matched) return;
-    if (policy::share::Entry* shared = share::entry(s.dest())) {
+    if (policy::share::Entry* shared = share::entry(s.dest(), d)) {
         if (config.reconnect_backoff)
             policy::share::record_failure(*shared, *config.reconnect_backoff, runtime::now_ns(),
                                           random01());
@@ -331,7 +330,7 @@ void on_close_backoff(int fd, fdtable::Slot& s) {
         (flags & fdtable::kJudged) != 0)
         return;
     policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
-    policy::share::Entry* shared = share::entry(s.dest());
+    policy::share::Entry* shared = share::entry(s.dest(), d);
     const bool failing = d.consecutive_failures.load(std::memory_order_relaxed) != 0;
     const bool shared_failing =
         shared != nullptr && shared->consecutive_failures.load(std::memory_order_relaxed) != 0;

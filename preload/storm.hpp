@@ -11,8 +11,9 @@ namespace tcpfix::storm {
 
 // Before a matched connect: scans if due, then waits out the destination's
 // backoff and rate slot. Returns 0, or -EINTR when a signal ends the wait of
-// a blocking caller as it would end a blocking connect.
-int before_connect(int fd, fdtable::Slot& s);
+// a blocking caller as it would end a blocking connect. d is the
+// destination's local state (counters().destinations.get(s.dest())).
+int before_connect(int fd, fdtable::Slot& s, policy::DestinationState& d);
 
 // Whether before_connect() has anything to do: a pacing policy, reaping, or a share.
 inline bool wanted(const policy::Config& c) {

@@ -624,6 +624,16 @@ TEST_F(DestinationsTable, SameEndpointSameStateDistinctEndpointsDistinctStates) 
 
 // IPv4 10.0.0.1 and IPv6 a00:1:: hold the same sixteen bytes: only the
 // family tells them apart. An IPv4-mapped IPv6 address is the IPv4 one.
+TEST_F(DestinationsTable, ResetForgetsTheRememberedShareEntry) {
+    // A forked child's reset: its entries may be reused for other destinations.
+    DestinationState& a = table->get(ep("10.0.0.1", 3306));
+    auto* remembered = reinterpret_cast<share::Entry*>(&a);  // any non-null address: never dereferenced
+    a.shared.store(remembered);
+    table->reset();
+    EXPECT_EQ(table->get(ep("10.0.0.2", 3306)).shared.load(), nullptr);
+    EXPECT_EQ(table->get(ep("10.0.0.1", 3306)).shared.load(), nullptr);
+}
+
 TEST_F(DestinationsTable, IPv4AndIPv6KeysDiffer) {
     Endpoint v4 = ep("10.0.0.1", 80), v6 = ep("a00:1::", 80);
     ASSERT_EQ(v4.addr.bytes, v6.addr.bytes) << "the point of this pair";
@@ -665,6 +675,9 @@ TEST_F(DestinationsTable, ThreeHundredDestinationsOverflowIntoOtherVisitedLast) 
     EXPECT_EQ(own.count(other), 0u);
     for (int i = Destinations::kSize; i < 300; ++i) EXPECT_EQ(states[i], other) << i;
     EXPECT_EQ(other->connects.load(), 300u - Destinations::kSize);
+    // Only "other" says so: the share's entry is remembered on every state but that one.
+    EXPECT_TRUE(table->is_other(*other));
+    for (int i = 0; i < Destinations::kSize; ++i) EXPECT_FALSE(table->is_other(*states[i])) << i;
     for (int i = 0; i < Destinations::kSize; ++i)
         EXPECT_EQ(&table->get(nth(i)), states[i]) << "still its own entry: " << i;
 
