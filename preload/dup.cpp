@@ -40,6 +40,21 @@ bool may_act(std::uint32_t index) {
            (mode == policy::CloseMode::RstAlways || s.refs.load(std::memory_order_acquire) == 1);
 }
 
+// The common case of dup2 on sockets: `to` holds a copy of the socket
+// `from` refers to (the slots of both looked up already), so its close is
+// not the socket's last and the table already says what it will say after
+// the call. Only the close counts. False when this is not that case.
+__attribute__((always_inline)) inline bool dup_over_copy(int from, int to, int flags, bool is_dup2,
+                                                         std::uint32_t from_slot, std::uint32_t to_slot, int& r) {
+    if (to_slot == 0 || to_slot == fdtable::kOwned || to_slot != from_slot || from == to ||
+        !copy_close_only_counts(runtime::config(), fdtable::slot(to_slot)))
+        return false;
+    r = is_dup2 ? runtime::call_direct(real::dup2.get(), from, to)
+                : runtime::call_direct(real::dup3.get(), from, to, flags);
+    if (r >= 0) policy::bump(runtime::counters().closes);
+    return true;
+}
+
 // The call failed after all: the socket goes back to the application as it was.
 void undo(int fd, const CloseApplied& applied) {
     if (applied.linger) {
@@ -60,17 +75,7 @@ int do_dup(int fd) {
 
 int do_dup3(int from, int to, int flags, bool is_dup2) {
     if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
-    // The common case of dup2 on sockets: `to` holds a copy of the socket
-    // `from` refers to, so its close is not the socket's last and the table
-    // already says what it will say after the call. Only the close counts.
-    const std::uint32_t held = fdtable::lookup(to);
-    if (held != 0 && held != fdtable::kOwned && held == fdtable::lookup(from) &&
-        copy_close_only_counts(runtime::config(), fdtable::slot(held))) {
-        int r = is_dup2 ? runtime::call_direct(real::dup2.get(), from, to)
-                        : runtime::call_direct(real::dup3.get(), from, to, flags);
-        if (r >= 0) policy::bump(runtime::counters().closes);
-        return r;
-    }
+    if (int r; dup_over_copy(from, to, flags, is_dup2, fdtable::lookup(from), fdtable::lookup(to), r)) return r;
     // `to` is closed by the call: take it out of the table first, and apply
     // TCPFIX_CLOSE as close() would (the JDK's sockets end this way: a marker
     // descriptor dup2'ed over the socket, then closed).
@@ -117,6 +122,20 @@ bool acts_on(int a, int b) {
            !runtime::in_unannounced_child();
 }
 
+// dup2() and dup3(): acts_on() with the two lookups kept for the common case.
+__attribute__((always_inline)) inline int dup3_hook(int from, int to, int flags, bool is_dup2) {
+    if (runtime::active()) {
+        const std::uint32_t from_slot = fdtable::lookup(from), to_slot = fdtable::lookup(to);
+        if ((from_slot | to_slot) != 0 && !runtime::in_unannounced_child()) {
+            int r;
+            if (!hooks::dup_over_copy(from, to, flags, is_dup2, from_slot, to_slot, r))
+                r = hooks::do_dup3(from, to, flags, is_dup2);
+            return runtime::to_c(r);
+        }
+    }
+    return is_dup2 ? real::dup2.get()(from, to) : real::dup3.get()(from, to, flags);
+}
+
 // fcntl and fcntl64 take their third argument as glibc does: one pointer-sized word.
 int fcntl_common(decltype(real::fcntl)& real_fn, int fd, int cmd, void* arg) {
     if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && acts_on(fd, fd)) {
@@ -137,14 +156,12 @@ extern "C" __attribute__((visibility("default"))) int dup(int fd) noexcept {
 
 // Returns `to`, or -1 with errno as the real dup2() set it.
 extern "C" __attribute__((visibility("default"))) int dup2(int from, int to) noexcept {
-    if (!acts_on(from, to)) return real::dup2.get()(from, to);
-    return runtime::to_c(hooks::do_dup3(from, to, 0, true));
+    return dup3_hook(from, to, 0, true);
 }
 
 // Returns `to`, or -1 with errno as the real dup3() set it.
 extern "C" __attribute__((visibility("default"))) int dup3(int from, int to, int flags) noexcept {
-    if (!acts_on(from, to)) return real::dup3.get()(from, to, flags);
-    return runtime::to_c(hooks::do_dup3(from, to, flags, false));
+    return dup3_hook(from, to, flags, false);
 }
 
 // Whatever the real fcntl() returns; F_DUPFD and F_DUPFD_CLOEXEC copies are tracked.
