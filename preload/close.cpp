@@ -38,7 +38,7 @@ void sleep_ns(std::int64_t ns) {
 }
 
 // Closes a descriptor taken out of the table.
-int close_taken(int fd, std::uint32_t index) {
+__attribute__((always_inline)) inline int close_taken(int fd, std::uint32_t index) {
     if (index == fdtable::kOwned) {
         forget_owned(fd);
     } else if (index != 0) {
@@ -267,9 +267,10 @@ namespace {
 
 // Everything but the common case, out of line so close() itself stays a
 // table lookup and a tail call.
-__attribute__((noinline, cold)) int close_slow(int fd) {
-    if (fdtable::lookup(fd) != 0 && runtime::active() && !runtime::in_unannounced_child())
-        return runtime::to_c(hooks::do_close(fd));
+// `index` is what the table held for fd a moment ago.
+__attribute__((noinline, cold)) int close_slow(int fd, std::uint32_t index) {
+    if (index != 0 && runtime::active() && !runtime::in_unannounced_child())
+        return runtime::to_c(hooks::close_taken(fd, fdtable::take(fd)));
     if (real::close.peek() == nullptr && real::resolving())  // dlsym re-entered us: no libc symbol yet
         return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close, fd)));
     return real::close.get()(fd);
@@ -280,9 +281,11 @@ __attribute__((noinline, cold)) int close_slow(int fd) {
 // Returns 0, or -1 with errno exactly as the real close() set it. The table
 // is empty unless the library is active, so one lookup decides.
 extern "C" __attribute__((visibility("default"))) int close(int fd) {
-    auto* fn = real::close.peek();
-    if (__builtin_expect(fn != nullptr && fdtable::lookup(fd) == 0, 1)) return fn(fd);
-    return close_slow(fd);
+    const std::uint32_t index = fdtable::lookup(fd);
+    if (__builtin_expect(index == 0, 1)) {
+        if (auto* fn = real::close.peek(); __builtin_expect(fn != nullptr, 1)) return fn(fd);
+    }
+    return close_slow(fd, index);
 }
 
 // Returns 0, or -1 with errno exactly as the real close_range() set it.
