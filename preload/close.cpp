@@ -44,7 +44,7 @@ __attribute__((always_inline)) inline int close_taken(int fd, std::uint32_t inde
     } else if (index != 0) {
         const policy::Config& config = runtime::config();
         CloseApplied applied;
-        if (close_only_counts(config, fdtable::slot(index)))
+        if (closing_only_counts(config, fdtable::slot(index)))
             policy::bump(runtime::counters().closes);
         else
             applied = apply_close_policy(fd, index, hold::Origin::Close);

@@ -65,17 +65,8 @@ void undo(int fd, const CloseApplied& applied) {
     if (applied.held >= 0) hold::cancel(applied.held);
 }
 
-}  // namespace
-
-int do_dup(int fd) {
-    int copy = call_errno(real::dup.get(), fd);
-    if (copy >= 0) fdtable::share(fd, copy);
-    return copy;
-}
-
-int do_dup3(int from, int to, int flags, bool is_dup2) {
-    if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
-    if (int r; dup_over_copy(from, to, flags, is_dup2, fdtable::lookup(from), fdtable::lookup(to), r)) return r;
+// dup2/dup3 onto another descriptor than `from`, not a copy of its socket.
+int dup3_replacing(int from, int to, int flags, bool is_dup2) {
     // `to` is closed by the call: take it out of the table first, and apply
     // TCPFIX_CLOSE as close() would (the JDK's sockets end this way: a marker
     // descriptor dup2'ed over the socket, then closed).
@@ -83,7 +74,7 @@ int do_dup3(int from, int to, int flags, bool is_dup2) {
     CloseApplied applied;
     if (replaced == fdtable::kOwned)
         hold::forget_fd(to);
-    else if (replaced != 0 && close_only_counts(runtime::config(), fdtable::slot(replaced)))
+    else if (replaced != 0 && closing_only_counts(runtime::config(), fdtable::slot(replaced)))
         policy::bump(runtime::counters().closes);
     else if (replaced != 0 && (!may_act(replaced) || will_replace(from, flags, is_dup2)))
         applied = apply_close_policy(to, replaced, hold::Origin::Dup2);
@@ -101,6 +92,20 @@ int do_dup3(int from, int to, int flags, bool is_dup2) {
     fdtable::release(replaced);
     fdtable::share(from, to);
     return r;
+}
+
+}  // namespace
+
+int do_dup(int fd) {
+    int copy = call_errno(real::dup.get(), fd);
+    if (copy >= 0) fdtable::share(fd, copy);
+    return copy;
+}
+
+int do_dup3(int from, int to, int flags, bool is_dup2) {
+    if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
+    if (int r; dup_over_copy(from, to, flags, is_dup2, fdtable::lookup(from), fdtable::lookup(to), r)) return r;
+    return dup3_replacing(from, to, flags, is_dup2);
 }
 
 int do_fcntl_dupfd(int fd, int cmd, int min_fd) {
@@ -129,7 +134,7 @@ __attribute__((always_inline)) inline int dup3_hook(int from, int to, int flags,
         if ((from_slot | to_slot) != 0 && !runtime::in_unannounced_child()) {
             int r;
             if (!hooks::dup_over_copy(from, to, flags, is_dup2, from_slot, to_slot, r))
-                r = hooks::do_dup3(from, to, flags, is_dup2);
+                r = from == to ? hooks::do_dup3(from, to, flags, is_dup2) : hooks::dup3_replacing(from, to, flags, is_dup2);
             return runtime::to_c(r);
         }
     }

@@ -58,6 +58,14 @@ inline bool copy_close_only_counts(const policy::Config& config, const fdtable::
            (s.flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0;
 }
 
+// True when closing or replacing the slot's descriptor would only count the
+// close: close_only_counts(), or copy_close_only_counts() while another
+// descriptor still refers to the socket.
+inline bool closing_only_counts(const policy::Config& config, const fdtable::Slot& s) {
+    return close_only_counts(config, s) ||
+           (s.refs.load(std::memory_order_acquire) > 1 && copy_close_only_counts(config, s));
+}
+
 // What the table knows of the socket, for policy::decide_close().
 policy::SocketBookkeeping bookkeeping(int fd, const fdtable::Slot& s, std::uint32_t flags);
 
