@@ -16,7 +16,10 @@
  *                  closes the server end after the client's close (so the
  *                  loop is deterministic: no second process, no scheduler)
  *   dup2_socket    dup2() of a TCP socket onto a fixed descriptor that holds
- *                  the previous copy (the hook's share/release path)
+ *                  the previous copy (the common case: the table stays as it is)
+ *   dup2_swap      dup2() of two TCP sockets in turn onto one fixed
+ *                  descriptor, so each call replaces a copy of the other
+ *                  socket (the hook's take, count, release and share path)
  *   dup2_file      the same with an eventfd (one TCP socket held, as above)
  *   close_lat      N times: connect to the listener, one request and its reply
  *                  (the server's kernel is then in interactive mode and
@@ -122,6 +125,7 @@ struct ctx {
     int listener;
     struct sockaddr_in addr;
     int dup_socket;
+    int dup_socket2;
     int dup_file;
 };
 
@@ -158,6 +162,11 @@ static void connect_close(struct ctx *c, long n) {
 static void dup2_socket(struct ctx *c, long n) {
     for (long i = 0; i < n; i++)
         if (f.dup2(c->dup_socket, DUP_TARGET) != DUP_TARGET) die("dup2");
+}
+
+static void dup2_swap(struct ctx *c, long n) {
+    for (long i = 0; i < n; i++)
+        if (f.dup2((i & 1) ? c->dup_socket2 : c->dup_socket, DUP_TARGET) != DUP_TARGET) die("dup2");
 }
 
 static void dup2_file(struct ctx *c, long n) {
@@ -262,7 +271,7 @@ int main(int argc, char **argv) {
     if (strcmp(op, "close_lat") == 0) return run_close_lat(n);
     f = linked;
 
-    struct ctx c = {.listener = -1, .dup_socket = -1, .dup_file = -1};
+    struct ctx c = {.listener = -1, .dup_socket = -1, .dup_socket2 = -1, .dup_file = -1};
     void (*loop)(struct ctx *, long) = NULL;
     if (strcmp(op, "close_file") == 0) {
         loop = close_file;
@@ -277,6 +286,11 @@ int main(int argc, char **argv) {
         loop = dup2_socket;
         c.dup_socket = socket(AF_INET, SOCK_STREAM, 0);
         if (c.dup_socket < 0) die("socket");
+    } else if (strcmp(op, "dup2_swap") == 0) {
+        loop = dup2_swap;
+        c.dup_socket = socket(AF_INET, SOCK_STREAM, 0);
+        c.dup_socket2 = socket(AF_INET, SOCK_STREAM, 0);
+        if (c.dup_socket < 0 || c.dup_socket2 < 0) die("socket");
     } else if (strcmp(op, "dup2_file") == 0) {
         loop = dup2_file;
         c.dup_socket = socket(AF_INET, SOCK_STREAM, 0);

@@ -104,6 +104,7 @@ OPS = {
     "socket_close": "socket() + close()",
     "connect_close": "socket() + connect() to 127.0.0.1 + close() (the same thread accepts and closes the server end)",
     "dup2_socket": "dup2() of a TCP socket over its previous copy",
+    "dup2_swap": "dup2() of two TCP sockets in turn onto one descriptor (each replaces a copy of the other)",
     "dup2_file": "dup2() of an eventfd over its previous copy",
 }
 
@@ -129,9 +130,9 @@ def plan(quick: bool) -> dict:
         return {
             "hook_rounds": 2, "hook_batches": 2, "paired_pairs": {op: 4 for op in OPS},
             "paired_n": {"close_file": 500, "socket_close": 250, "connect_close": 30,
-                         "dup2_socket": 1000, "dup2_file": 1000},
+                         "dup2_socket": 1000, "dup2_swap": 1000, "dup2_file": 1000},
             "hook_n": {"close_file": 2000, "socket_close": 1000, "connect_close": 100,
-                       "dup2_socket": 5000, "dup2_file": 5000},
+                       "dup2_socket": 5000, "dup2_swap": 5000, "dup2_file": 5000},
             "cg_n": {"close_file": (100, 600), "connect_close": (50, 300)},
             "cg_configs": ["none", "preload", "track", "share"],
             "rate_rounds": 1, "rate_window_s": 2,
@@ -143,14 +144,14 @@ def plan(quick: bool) -> dict:
     return {
         "hook_rounds": 5, "hook_batches": 3,
         "paired_pairs": {"close_file": 30, "socket_close": 30, "connect_close": 60,
-                         "dup2_socket": 30, "dup2_file": 30},
+                         "dup2_socket": 30, "dup2_swap": 30, "dup2_file": 30},
         "paired_n": {"close_file": 2000, "socket_close": 1000, "connect_close": 200,
-                     "dup2_socket": 10000, "dup2_file": 10000},
+                     "dup2_socket": 10000, "dup2_swap": 10000, "dup2_file": 10000},
         "hook_n": {"close_file": 10000, "socket_close": 5000, "connect_close": 1000,
-                   "dup2_socket": 50000, "dup2_file": 50000},
+                   "dup2_socket": 50000, "dup2_swap": 50000, "dup2_file": 50000},
         "cg_n": {"close_file": (500, 3000), "socket_close": (500, 3000),
                  "connect_close": (200, 1200), "dup2_socket": (500, 3000),
-                 "dup2_file": (500, 3000)},
+                 "dup2_swap": (500, 3000), "dup2_file": (500, 3000)},
         "cg_configs": ["none", *PRELOADED],
         "rate_rounds": 3, "rate_window_s": 10,
         "syn_rounds": 3, "syn_duration_s": 4, "syn_threads": 32, "syn_hz": 20, "syn_grace_s": 3.5,
@@ -855,7 +856,9 @@ def targets(report: dict) -> list[dict]:
     out.append({"name": "added instructions per socket+connect+close", "config": "track",
                 "limit": f"<= {TARGET_TRACK_INSTR}", "value": rnd(track_instr, 1),
                 "met": None if track_instr is None else track_instr <= TARGET_TRACK_INSTR})
-    for op, what in (("dup2_socket", "dup2() over a tracked socket"), ("socket_close", "socket()+close(), tracked")):
+    for op, what in (("dup2_socket", "dup2() over a copy of the same tracked socket"),
+                     ("dup2_swap", "dup2() over a copy of another tracked socket"),
+                     ("socket_close", "socket()+close(), tracked")):
         for cfg in ("track", "close_rst"):
             t = {"name": f"added time, {what}", "config": cfg, "limit": f"<= {TARGET_TRACKED_OP:.0%}",
                  "value": None, "met": None}

@@ -20,7 +20,7 @@ import pytest
 from conftest import BUILD, PYTHON, REPO
 
 DRIVER = REPO / "bench" / "run_bench.py"
-OPS = {"close_file", "socket_close", "connect_close", "dup2_socket", "dup2_file"}
+OPS = {"close_file", "socket_close", "connect_close", "dup2_socket", "dup2_swap", "dup2_file"}
 PRELOADED = {"preload", "disable", "track", "close_rst", "all", "share"}
 
 
