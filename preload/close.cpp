@@ -265,15 +265,20 @@ using namespace tcpfix;
 
 namespace {
 
-// Everything but the common case, out of line so close() itself stays a
-// table lookup and a tail call.
-// `index` is what the table held for fd a moment ago.
-__attribute__((noinline, cold)) int close_slow(int fd, std::uint32_t index) {
-    if (index != 0 && runtime::active() && !runtime::in_unannounced_child())
-        return runtime::to_c(hooks::close_taken(fd, fdtable::take(fd)));
-    if (real::close.peek() == nullptr && real::resolving())  // dlsym re-entered us: no libc symbol yet
+// Out of line, so close() itself stays a table lookup and a tail call: a
+// close before libc's close() is resolved (dlsym re-entered us: no libc
+// symbol yet), or of a tracked descriptor where the hooks stand aside.
+__attribute__((noinline, cold)) int close_untracked(int fd) {
+    if (real::close.peek() == nullptr && real::resolving())
         return runtime::to_c(static_cast<int>(real::raw_syscall(SYS_close, fd)));
     return real::close.get()(fd);
+}
+
+// A descriptor the table holds (a moment ago): the policy, then the close.
+__attribute__((noinline)) int close_tracked(int fd) {
+    if (runtime::active() && !runtime::in_unannounced_child())
+        return runtime::to_c(hooks::close_taken(fd, fdtable::take(fd)));
+    return close_untracked(fd);
 }
 
 }  // namespace
@@ -281,11 +286,9 @@ __attribute__((noinline, cold)) int close_slow(int fd, std::uint32_t index) {
 // Returns 0, or -1 with errno exactly as the real close() set it. The table
 // is empty unless the library is active, so one lookup decides.
 extern "C" __attribute__((visibility("default"))) int close(int fd) {
-    const std::uint32_t index = fdtable::lookup(fd);
-    if (__builtin_expect(index == 0, 1)) {
-        if (auto* fn = real::close.peek(); __builtin_expect(fn != nullptr, 1)) return fn(fd);
-    }
-    return close_slow(fd, index);
+    if (__builtin_expect(fdtable::lookup(fd) != 0, 0)) return close_tracked(fd);
+    if (auto* fn = real::close.peek(); __builtin_expect(fn != nullptr, 1)) return fn(fd);
+    return close_untracked(fd);
 }
 
 // Returns 0, or -1 with errno exactly as the real close_range() set it.
