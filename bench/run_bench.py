@@ -9,7 +9,7 @@ rotated each round), and reported as median with min and max over the
 rounds; ratios are taken per round, then summarised the same way.
 
 Sections (--only picks some; all by default):
-  hooks     ns per call of five loops (bench/hookbench.c) under every
+  hooks     ns per call of six loops (bench/hookbench.c) under every
             configuration, plus an A/A control (the unpreloaded program
             twice) that shows the measurement's own noise
   closelat  how long close() takes under TCPFIX_CLOSE=rst when the peer's
