@@ -43,11 +43,12 @@ bool may_act(std::uint32_t index) {
 // The common case of dup2 on sockets: `to` holds a copy of the socket
 // `from` refers to (the slots of both looked up already), so its close is
 // not the socket's last and the table already says what it will say after
-// the call. Only the close counts. False when this is not that case.
+// the call. When that close would only be counted (the same question
+// dup3_replacing() asks), it is. False when this is not that case.
 __attribute__((always_inline)) inline bool dup_over_copy(int from, int to, int flags, bool is_dup2,
                                                          std::uint32_t from_slot, std::uint32_t to_slot, int& r) {
     if (to_slot == 0 || to_slot == fdtable::kOwned || to_slot != from_slot || from == to ||
-        !copy_close_only_counts(runtime::config(), fdtable::slot(to_slot)))
+        !closing_only_counts(runtime::config(), fdtable::slot(to_slot)))
         return false;
     r = is_dup2 ? runtime::call_direct(real::dup2.get(), from, to)
                 : runtime::call_direct(real::dup3.get(), from, to, flags);
