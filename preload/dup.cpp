@@ -91,7 +91,7 @@ int dup3_replacing(int from, int to, int flags, bool is_dup2) {
     if (replaced == fdtable::kOwned) log::forget_fd(to);
     if (applied.held >= 0) hold::publish(applied.held);
     fdtable::release(replaced);
-    fdtable::share(from, to);
+    fdtable::share_taken(from, to, replaced);
     return r;
 }
 

@@ -152,6 +152,25 @@ inline std::uint32_t take(int fd) {
 // held before is released. A no-op pair when `from` is untracked.
 void share(int from, int fd);
 
+// share() onto a descriptor whose entry this thread has just take()n
+// (`taken`, not 0) ahead of a dup2 that succeeded: the number stayed open
+// all along, so no other thread can have installed anything there, and the
+// entry is written without a locked exchange. (An application racing a raw
+// close of that number could have; its slot would then leak, never be used
+// twice.)
+inline void share_taken(int from, int fd, std::uint32_t taken) {
+    if (taken == 0) {
+        share(from, fd);
+        return;
+    }
+    std::uint32_t index = lookup(from);
+    if (index == kOwned) index = 0;
+    if (index != 0) slot(index).refs.fetch_add(1, std::memory_order_acq_rel);
+    unsigned u = static_cast<unsigned>(fd);
+    detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire)[u & (kChunkSize - 1)].store(
+        index, std::memory_order_release);
+}
+
 // fd was just handed out by the kernel for something tcpfix does not track:
 // drop any stale entry left by a close tcpfix never saw.
 inline void clear(int fd) {
