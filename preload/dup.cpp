@@ -44,7 +44,7 @@ bool may_act(std::uint32_t index) {
 // `from` refers to (the slots of both looked up already), so its close is
 // not the socket's last and the table already says what it will say after
 // the call. When that close would only be counted (the same question
-// dup3_replacing() asks), it is. False when this is not that case.
+// dup3_onto() asks), it is. False when this is not that case.
 __attribute__((always_inline)) inline bool dup_over_copy(int from, int to, int flags, bool is_dup2,
                                                          std::uint32_t from_slot, std::uint32_t to_slot, int& r) {
     if (to_slot == 0 || to_slot == fdtable::kOwned || to_slot != from_slot || from == to ||
@@ -66,19 +66,10 @@ void undo(int fd, const CloseApplied& applied) {
     if (applied.held >= 0) hold::cancel(applied.held);
 }
 
-// dup2/dup3 onto another descriptor than `from`, not a copy of its socket.
-int dup3_replacing(int from, int to, int flags, bool is_dup2) {
-    // `to` is closed by the call: take it out of the table first, and apply
-    // TCPFIX_CLOSE as close() would (the JDK's sockets end this way: a marker
-    // descriptor dup2'ed over the socket, then closed).
-    std::uint32_t replaced = fdtable::take(to);
-    CloseApplied applied;
-    if (replaced == fdtable::kOwned)
-        hold::forget_fd(to);
-    else if (replaced != 0 && closing_only_counts(runtime::config(), fdtable::slot(replaced)))
-        policy::bump(runtime::counters().closes);
-    else if (replaced != 0 && (!may_act(replaced) || will_replace(from, flags, is_dup2)))
-        applied = apply_close_policy(to, replaced, hold::Origin::Dup2);
+// The call itself, TCPFIX_CLOSE applied to what it replaces (`replaced`,
+// taken out of the table); undone if the call fails after all.
+__attribute__((always_inline)) inline int dup3_call(int from, int to, int flags, bool is_dup2, std::uint32_t replaced,
+                                                    const CloseApplied& applied) {
     fdtable::wait_not_busy(replaced);
     // The result goes back to the application: a failure's errno is its own.
     int r = is_dup2 ? runtime::call_direct(real::dup2.get(), from, to)
@@ -95,6 +86,30 @@ int dup3_replacing(int from, int to, int flags, bool is_dup2) {
     return r;
 }
 
+// dup3_onto() where the replaced descriptor's close does more than count:
+// TCPFIX_CLOSE applied as close() would (the JDK's sockets end this way: a
+// marker descriptor dup2'ed over the socket, then closed).
+__attribute__((noinline)) int dup3_replacing(int from, int to, int flags, bool is_dup2, std::uint32_t replaced) {
+    CloseApplied applied;
+    if (replaced == fdtable::kOwned)
+        hold::forget_fd(to);
+    else if (replaced != 0 && (!may_act(replaced) || will_replace(from, flags, is_dup2)))
+        applied = apply_close_policy(to, replaced, hold::Origin::Dup2);
+    return dup3_call(from, to, flags, is_dup2, replaced, applied);
+}
+
+// dup2/dup3 onto another descriptor than `from`, not a copy of its socket.
+// `to` is closed by the call: it is taken out of the table first. A close
+// that is only counted (another socket's copy, the common case) stays inline.
+__attribute__((always_inline)) inline int dup3_onto(int from, int to, int flags, bool is_dup2) {
+    std::uint32_t replaced = fdtable::take(to);
+    if (replaced == 0 || replaced == fdtable::kOwned ||
+        !closing_only_counts(runtime::config(), fdtable::slot(replaced)))
+        return dup3_replacing(from, to, flags, is_dup2, replaced);
+    policy::bump(runtime::counters().closes);
+    return dup3_call(from, to, flags, is_dup2, replaced, CloseApplied{});
+}
+
 }  // namespace
 
 int do_dup(int fd) {
@@ -106,7 +121,7 @@ int do_dup(int fd) {
 int do_dup3(int from, int to, int flags, bool is_dup2) {
     if (from == to) return is_dup2 ? call_errno(real::dup2.get(), from, to) : call_errno(real::dup3.get(), from, to, flags);
     if (int r; dup_over_copy(from, to, flags, is_dup2, fdtable::lookup(from), fdtable::lookup(to), r)) return r;
-    return dup3_replacing(from, to, flags, is_dup2);
+    return dup3_onto(from, to, flags, is_dup2);
 }
 
 int do_fcntl_dupfd(int fd, int cmd, int min_fd) {
@@ -135,7 +150,7 @@ __attribute__((always_inline)) inline int dup3_hook(int from, int to, int flags,
         if ((from_slot | to_slot) != 0 && !runtime::in_unannounced_child()) {
             int r;
             if (!hooks::dup_over_copy(from, to, flags, is_dup2, from_slot, to_slot, r))
-                r = from == to ? hooks::do_dup3(from, to, flags, is_dup2) : hooks::dup3_replacing(from, to, flags, is_dup2);
+                r = from == to ? hooks::do_dup3(from, to, flags, is_dup2) : hooks::dup3_onto(from, to, flags, is_dup2);
             return runtime::to_c(r);
         }
     }
