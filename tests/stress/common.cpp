@@ -344,7 +344,12 @@ void Server::run() {
             }
             if (tag == kTagData || tag == kTagClosing) {
                 int l = tag == kTagData ? data_ : closing_;
-                for (;;) {
+                // A bounded batch: the listener is level-triggered, so what is
+                // left is reported again, after the connections already open
+                // have had their turn. Accepting until EAGAIN let a backlog fed
+                // by four churning threads outrun the loop on two cores, and
+                // the process ran out of descriptors (EMFILE in the client).
+                for (int batch = 0; batch < 64; ++batch) {
                     int c = accept4(l, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
                     if (c < 0) break;
                     accepted.fetch_add(1);
