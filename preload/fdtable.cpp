@@ -173,12 +173,7 @@ std::uint32_t track_new(int fd, int domain) {
 void track_owned(int fd) { install(fd, kOwned); }
 
 
-void share(int from, int fd) {
-    std::uint32_t index = lookup(from);
-    if (index == kOwned) index = 0;  // a copy of tcpfix's own descriptor is the application's
-    if (index != 0) slot(index).refs.fetch_add(1, std::memory_order_acq_rel);
-    install(fd, index);
-}
+void share(int from, int fd) { install(fd, reference_for_copy(from)); }
 
 void detail::clear_slow(int fd) { install(fd, 0); }
 

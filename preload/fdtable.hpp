@@ -148,24 +148,32 @@ inline std::uint32_t take(int fd) {
     return chunk[u & (kChunkSize - 1)].exchange(0, std::memory_order_acq_rel);
 }
 
+// The slot `from` refers to, with one more reference taken for a copy about
+// to be installed; 0 when `from` is untracked, or tcpfix's own descriptor
+// (a copy of which is the application's).
+inline std::uint32_t reference_for_copy(int from) {
+    std::uint32_t index = lookup(from);
+    if (index == kOwned) return 0;
+    if (index != 0) slot(index).refs.fetch_add(1, std::memory_order_acq_rel);
+    return index;
+}
+
 // fd now refers to the same socket as `from` (dup semantics); whatever fd
 // held before is released. A no-op pair when `from` is untracked.
 void share(int from, int fd);
 
 // share() onto a descriptor whose entry this thread has just take()n
-// (`taken`, not 0) ahead of a dup2 that succeeded: the number stayed open
-// all along, so no other thread can have installed anything there, and the
-// entry is written without a locked exchange. (An application racing a raw
-// close of that number could have; its slot would then leak, never be used
-// twice.)
+// (`taken`; 0 falls back to share()) ahead of a dup2 that succeeded: the
+// number stayed open all along, so no other thread can have installed
+// anything there, and the entry is written without a locked exchange. (An
+// application racing a raw close of that number could have; its slot would
+// then leak, never be used twice.)
 inline void share_taken(int from, int fd, std::uint32_t taken) {
     if (taken == 0) {
         share(from, fd);
         return;
     }
-    std::uint32_t index = lookup(from);
-    if (index == kOwned) index = 0;
-    if (index != 0) slot(index).refs.fetch_add(1, std::memory_order_acq_rel);
+    const std::uint32_t index = reference_for_copy(from);
     unsigned u = static_cast<unsigned>(fd);
     detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire)[u & (kChunkSize - 1)].store(
         index, std::memory_order_release);
