@@ -115,15 +115,21 @@ extern std::atomic<std::uint32_t> g_fork_epoch;
 extern std::atomic<std::uint32_t> g_spawn_epoch;
 void free_slot(std::uint32_t index);
 void clear_slow(int fd);
+
+// fd's entry in the table; nullptr when fd is out of range or its chunk was
+// never mapped (so the entry is 0).
+inline std::atomic<std::uint32_t>* entry(int fd) {
+    unsigned u = static_cast<unsigned>(fd);
+    if (u >= kMaxFd) return nullptr;
+    std::atomic<std::uint32_t>* chunk = g_chunks[u >> kChunkBits].load(std::memory_order_acquire);
+    return chunk == nullptr ? nullptr : &chunk[u & (kChunkSize - 1)];
 }
+}  // namespace detail
 
 // The slot index for fd, or 0. The hot path of every hooked close().
 inline std::uint32_t lookup(int fd) {
-    unsigned u = static_cast<unsigned>(fd);
-    if (u >= kMaxFd) return 0;
-    std::atomic<std::uint32_t>* chunk = detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire);
-    if (chunk == nullptr) return 0;
-    return chunk[u & (kChunkSize - 1)].load(std::memory_order_acquire);
+    std::atomic<std::uint32_t>* e = detail::entry(fd);
+    return e == nullptr ? 0 : e->load(std::memory_order_acquire);
 }
 
 inline Slot& slot(std::uint32_t index) {
@@ -141,11 +147,8 @@ void track_owned(int fd);
 // Removes fd from the table and returns what it held (0, kOwned or a slot
 // index whose reference the caller now owns and must release()).
 inline std::uint32_t take(int fd) {
-    unsigned u = static_cast<unsigned>(fd);
-    if (u >= kMaxFd) return 0;
-    std::atomic<std::uint32_t>* chunk = detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire);
-    if (chunk == nullptr) return 0;
-    return chunk[u & (kChunkSize - 1)].exchange(0, std::memory_order_acq_rel);
+    std::atomic<std::uint32_t>* e = detail::entry(fd);
+    return e == nullptr ? 0 : e->exchange(0, std::memory_order_acq_rel);
 }
 
 // The slot `from` refers to, with one more reference taken for a copy about
@@ -173,10 +176,9 @@ inline void share_taken(int from, int fd, std::uint32_t taken) {
         share(from, fd);
         return;
     }
-    const std::uint32_t index = reference_for_copy(from);
-    unsigned u = static_cast<unsigned>(fd);
-    detail::g_chunks[u >> kChunkBits].load(std::memory_order_acquire)[u & (kChunkSize - 1)].store(
-        index, std::memory_order_release);
+    std::atomic<std::uint32_t>* e = detail::entry(fd);
+    if (e == nullptr) __builtin_unreachable();  // take() found something there: the entry exists
+    e->store(reference_for_copy(from), std::memory_order_release);
 }
 
 // fd was just handed out by the kernel for something tcpfix does not track:
