@@ -50,11 +50,11 @@ inline bool close_only_counts(const policy::Config& config, const fdtable::Slot&
 
 // True when a descriptor that is not the socket's last (another one refers
 // to the same slot) would only be counted as closed: TCPFIX_CLOSE=keep or
-// rst (rst-always resets even a shared socket), no reconnect backoff, no
-// connect deadline armed, and no debug log to write about it.
+// rst (rst-always resets even a shared socket), no connect deadline armed,
+// and no debug log to write about it. A reconnect backoff learns nothing
+// here: the connection goes on, and is judged when it ends (or by the scan).
 inline bool copy_close_only_counts(const policy::Config& config, const fdtable::Slot& s) {
-    return config.close != policy::CloseMode::RstAlways && !config.reconnect_backoff &&
-           config.log < policy::LogLevel::Debug &&
+    return config.close != policy::CloseMode::RstAlways && config.log < policy::LogLevel::Debug &&
            (s.flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0;
 }
 

@@ -23,8 +23,10 @@ inline bool wanted(const policy::Config& c) {
 // A matched connect to s.dest failed (from connect() or SO_ERROR).
 void after_failure(const fdtable::Slot& s);
 
-// A matched connection is being closed: if it carried data, its destination
-// is healthy again (short connections are usually gone before a scan sees them).
+// A matched connection's descriptor is being closed (the caller holds its
+// reference still): if that ends the connection and it carried data, its
+// destination is healthy again (short connections are usually gone before a
+// scan sees them).
 void on_close_backoff(int fd, fdtable::Slot& s);
 inline void on_close(int fd, fdtable::Slot& s, const policy::Config& c) {
     if (c.reconnect_backoff) on_close_backoff(fd, s);
