@@ -37,7 +37,7 @@ bool may_act(std::uint32_t index) {
     const std::uint32_t flags = s.flags.load(std::memory_order_acquire);
     constexpr std::uint32_t kConnectedMatched = fdtable::kConnectCalled | fdtable::kMatched;
     return mode != policy::CloseMode::Keep && (flags & kConnectedMatched) == kConnectedMatched &&
-           (mode == policy::CloseMode::RstAlways || s.refs.load(std::memory_order_acquire) == 1);
+           closing_ends_connection(mode, s);
 }
 
 // The common case of dup2 on sockets: `to` holds a copy of the socket

@@ -48,6 +48,13 @@ inline bool close_only_counts(const policy::Config& config, const fdtable::Slot&
            (s.flags.load(std::memory_order_acquire) & fdtable::kDeadlineArmed) == 0;
 }
 
+// True when closing or replacing the slot's descriptor (its reference still
+// held) ends the connection: it is the socket's last descriptor, or
+// rst-always resets the socket whatever other descriptors refer to it.
+inline bool closing_ends_connection(policy::CloseMode mode, const fdtable::Slot& s) {
+    return mode == policy::CloseMode::RstAlways || s.refs.load(std::memory_order_acquire) == 1;
+}
+
 // True when a descriptor that is not the socket's last (another one refers
 // to the same slot) would only be counted as closed: TCPFIX_CLOSE=keep or
 // rst (rst-always resets even a shared socket), no connect deadline armed,

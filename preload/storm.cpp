@@ -29,6 +29,7 @@
 #include <atomic>
 
 #include "preload/connect_policy.hpp"
+#include "preload/hooks.hpp"
 #include "preload/kernel.hpp"
 #include "preload/log.hpp"
 #include "preload/real.hpp"
@@ -329,9 +330,8 @@ void on_close_backoff(int fd, fdtable::Slot& s) {
     if (!config.reconnect_backoff || (flags & fdtable::kConnectCalled) == 0 || (flags & fdtable::kMatched) == 0 ||
         (flags & fdtable::kJudged) != 0)
         return;
-    // Judged when the connection ends: at its last descriptor, or at any one
-    // under rst-always, which resets it. A copy closed before then changes nothing.
-    if (s.refs.load(std::memory_order_acquire) != 1 && config.close != policy::CloseMode::RstAlways) return;
+    // Judged when the connection ends; a copy closed before then changes nothing.
+    if (!hooks::closing_ends_connection(config.close, s)) return;
     policy::DestinationState& d = runtime::counters().destinations.get(s.dest());
     policy::share::Entry* shared = share::entry(s.dest(), d);
     const bool failing = d.consecutive_failures.load(std::memory_order_relaxed) != 0;
