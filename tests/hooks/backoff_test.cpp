@@ -14,8 +14,6 @@
 namespace tcpfix::test {
 namespace {
 
-#define EXPECT_ENDING(view, expected) EXPECT_STREQ(name((view).ending), name(expected))
-
 struct Attempt {
     int fd = -1;
     int result = 0;

@@ -17,8 +17,6 @@
 namespace tcpfix::test {
 namespace {
 
-#define EXPECT_ENDING(view, expected) EXPECT_STREQ(name((view).ending), name(expected))
-
 class Rst : public ::testing::Test {
 protected:
     void SetUp() override { ASSERT_TRUE(preloaded()) << "run through ctest: it preloads libtcpfix.so"; }

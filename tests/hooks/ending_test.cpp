@@ -23,8 +23,6 @@
 namespace tcpfix::test {
 namespace {
 
-#define EXPECT_ENDING(view, expected) EXPECT_STREQ(name((view).ending), name(expected))
-
 // The descriptors open in this process.
 std::vector<int> open_fds() {
     std::vector<int> fds;

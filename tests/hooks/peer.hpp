@@ -31,6 +31,10 @@ inline const char* name(Ending e) {
     return "?";
 }
 
+// In a GoogleTest: the peer saw the connection end as expected (by name, so
+// a failure reads "RST" and "FIN").
+#define EXPECT_ENDING(view, expected) EXPECT_STREQ(name((view).ending), name(expected))
+
 struct PeerView {
     Ending ending = Ending::StillOpen;
     std::size_t bytes = 0;
